@@ -7,7 +7,9 @@ import logging
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console(stderr=True)
+# Command results (tables, summaries) go to stdout; logs and errors to stderr.
+console = Console()
+err_console = Console(stderr=True)
 
 
 def configure(verbose: bool = False, debug: bool = False) -> None:
@@ -15,7 +17,7 @@ def configure(verbose: bool = False, debug: bool = False) -> None:
     logging.basicConfig(
         level=level,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=debug, rich_tracebacks=debug)],
+        handlers=[RichHandler(console=err_console, show_path=debug, rich_tracebacks=debug)],
         force=True,
     )
     logging.getLogger("medseg").setLevel(logging.DEBUG if debug else logging.INFO)

@@ -15,7 +15,7 @@ import typer
 
 from medseg import __version__
 from medseg.errors import MedsegError
-from medseg.logging_setup import configure, console
+from medseg.logging_setup import configure, err_console
 
 # Each module owns one command or command group and exposes register(app).
 COMMAND_MODULES = (
@@ -60,7 +60,7 @@ for _module in COMMAND_MODULES:
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -40,6 +40,17 @@ def _one_line(error: BaseException) -> str:
     return (text[0] if text else type(error).__name__)[:300]
 
 
+def _gzip_is_broken(path: Path) -> bool:
+    """Only called after a read failed, so the cost of decompressing once more does not matter."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 22):
+                pass
+        return False
+    except (EOFError, OSError, zlib.error):
+        return True
+
+
 def _read_file(path: Path) -> Volume:
     suffix = full_suffix(path)
     if suffix in NIFTI_SUFFIXES:
@@ -50,7 +61,9 @@ def _read_file(path: Path) -> Volume:
         except MedsegError:
             raise
         except Exception as error:  # nibabel raises many types for malformed headers
-            raise InputError(path, f"not a readable NIfTI file ({_one_line(error)})") from error
+            if suffix == ".nii.gz" and _gzip_is_broken(path):
+                raise InputError(path, "truncated or corrupt compressed NIfTI (the gzip stream ends early)") from error
+            raise InputError(path, f"not a readable NIfTI file ({_one_line(error).replace(str(path), 'file')})") from error
     if suffix in ITK_SUFFIXES:
         try:
             return read_itk(path)
