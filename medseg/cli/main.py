@@ -20,6 +20,7 @@ from medseg.logging_setup import configure, err_console
 # Each module owns one command or command group and exposes register(app).
 COMMAND_MODULES = (
     "medseg.cli.io_cmds",
+    "medseg.cli.data_cmds",
     "medseg.cli.demo_cmd",
 )
 

@@ -1,0 +1,1 @@
+"""Datasets: raw layouts, the built-in synthetic set, public-dataset recipes, planning and preprocessing."""

@@ -1,0 +1,103 @@
+"""Random training patches from preprocessed cases, with foreground oversampling.
+
+Pure numpy on (possibly memory-mapped) arrays, so it runs the same inside DataLoader workers and
+in tests. Patches that reach past an image border are zero-padded (image) and background-padded
+(label), which is what a network sees at inference time with a padded sliding window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CaseArrays:
+    """One preprocessed case: ``image`` (C, *spatial), ``seg`` (*spatial), foreground voxel samples per class."""
+
+    case_id: str
+    image: np.ndarray
+    seg: np.ndarray
+    class_locations: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape[1:])
+
+
+def _start_bounds(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest allowed patch start per axis (nnU-Net's rule: centre small images, allow overhang)."""
+    shape_a, patch_a = np.asarray(shape), np.asarray(patch)
+    need = np.maximum(patch_a - shape_a, 0)
+    lower = -(need // 2)
+    upper = shape_a + need // 2 + need % 2 - patch_a
+    return lower, upper
+
+
+def crop_with_padding(array: np.ndarray, start: np.ndarray, size: tuple[int, ...], fill: float = 0) -> np.ndarray:
+    """``array[..., start:start+size]`` over the trailing spatial axes, padding with ``fill`` outside."""
+    spatial = len(size)
+    lead = array.shape[: array.ndim - spatial]
+    out = np.full(lead + tuple(size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for axis, (begin, length) in enumerate(zip(start, size)):
+        extent = array.shape[array.ndim - spatial + axis]
+        lo, hi = max(begin, 0), min(begin + length, extent)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - begin, hi - begin))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+def choose_foreground_voxel(case: CaseArrays, rng: np.random.Generator, classes: list[int] | None = None) -> np.ndarray | None:
+    """A random voxel of a random foreground class present in the case (None if it has none)."""
+    present = [c for c, locations in case.class_locations.items() if len(locations) and (classes is None or c in classes)]
+    if not present:
+        return None
+    chosen_class = present[rng.integers(len(present))]
+    locations = case.class_locations[chosen_class]
+    return np.asarray(locations[rng.integers(len(locations))], dtype=int)
+
+
+def sample_patch(
+    case: CaseArrays,
+    patch_size: tuple[int, ...],
+    rng: np.random.Generator,
+    force_foreground: bool = False,
+    slice_axis: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(image (C, *patch), seg (1, *patch))``.
+
+    ``slice_axis`` samples a 2D patch from a 3D case: one slice along that axis is chosen (through
+    the foreground voxel when forced) and ``patch_size`` covers the two remaining axes.
+    """
+    image, seg = case.image, case.seg
+    voxel = choose_foreground_voxel(case, rng) if force_foreground else None
+    if slice_axis is not None:
+        index = int(voxel[slice_axis]) if voxel is not None else int(rng.integers(case.spatial_shape[slice_axis]))
+        image = np.take(image, index, axis=slice_axis + 1)
+        seg = np.take(seg, index, axis=slice_axis)
+        if voxel is not None:
+            voxel = np.delete(voxel, slice_axis)
+    shape = tuple(seg.shape)
+    if len(shape) != len(patch_size):
+        raise ValueError(f"patch size {patch_size} does not fit {len(shape)}D data of case {case.case_id}")
+    lower, upper = _start_bounds(shape, patch_size)
+    if voxel is not None:
+        start = np.clip(voxel - np.asarray(patch_size) // 2, lower, upper)
+    else:
+        start = np.array([rng.integers(lo, hi + 1) for lo, hi in zip(lower, upper)])
+    image_patch = crop_with_padding(np.asarray(image), start, patch_size, 0).astype(np.float32, copy=False)
+    seg_patch = crop_with_padding(np.asarray(seg), start, patch_size, 0)[None]
+    return image_patch, seg_patch
+
+
+def foreground_flags(batch_size: int, share: float) -> list[bool]:
+    """Which samples of a batch are forced to contain foreground: the last ``round(batch*share)``, at least one if share > 0."""
+    forced = int(round(batch_size * share))
+    if share > 0:
+        forced = max(forced, 1)
+    return [index >= batch_size - forced for index in range(batch_size)]

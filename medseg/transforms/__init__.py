@@ -1,0 +1,1 @@
+"""On-the-fly training augmentation (MONAI transforms, configured entirely from config fields)."""
