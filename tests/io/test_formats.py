@@ -100,3 +100,13 @@ def test_big_endian_nifti_becomes_native(tmp_path):
     assert volume.array.dtype.isnative
     np.testing.assert_array_equal(volume.array, array)
     assert volume.orientation == "LAS"
+
+
+def test_written_files_get_normal_permissions(tmp_path, rng):
+    import os
+    import stat
+
+    path = write_volume(random_volume(rng), tmp_path / "perm.nii.gz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

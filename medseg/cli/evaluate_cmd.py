@@ -1,0 +1,167 @@
+"""`medseg evaluate` (metrics against a reference) and `medseg stats` (statistics without one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from medseg.logging_setup import console
+
+LABELS_HELP = (
+    "Label names: an MSD/nnU-Net dataset.json, a TotalSegmentator-style label_map.json, or a folder holding one. "
+    "Default: every non-zero value found, named label_<k>."
+)
+TASK_HELP = "For label_map.json files holding several tasks (e.g. TotalSegmentator's 'total', 'total_mr'): which one."
+LESION_HELP = "Label (name or index) to also evaluate lesion by lesion; repeat for several. Example: --lesion-labels tumor"
+SET_HELP = "Override any evaluation setting, e.g. --set lesion_match_dilation_voxels=3 --set bootstrap_samples=2000 (see medseg.metrics.config)."
+
+
+def _config(config_file: Optional[Path], overrides: list[str]):
+    """EvaluateConfig from a YAML file (its keys at top level, or under an ``evaluate:`` section) and --set."""
+    from medseg.config import build, deep_merge, parse_overrides, read_yaml
+    from medseg.metrics.config import EvaluateConfig
+
+    data = read_yaml(config_file) if config_file else {}
+    if isinstance(data.get("evaluate"), dict):
+        data = data["evaluate"]
+    return build(EvaluateConfig, deep_merge(data, parse_overrides(overrides)), source=str(config_file or "--set"))
+
+
+def _tolerances(values: list[str]) -> float | dict[str, float] | None:
+    """``["2"]`` -> 2.0; ``["liver=2", "1.5"]`` -> {"liver": 2.0, "default": 1.5}."""
+    from medseg.errors import ConfigError
+
+    if not values:
+        return None
+    result: dict[str, float] = {}
+    for item in values:
+        key, sep, raw = item.rpartition("=")
+        try:
+            result[key if sep else "default"] = float(raw)
+        except ValueError:
+            raise ConfigError(f"--tolerance '{item}': expected MM or LABEL=MM") from None
+    return result["default"] if list(result) == ["default"] else result
+
+
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them (matched to --gt by file name without extension)."),
+    gt: Path = typer.Option(..., "--gt", "-g", help="Reference label map, or a folder of them."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for summary.json, cases.csv and lesions.csv (created if needed)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help=LABELS_HELP),
+    label_task: Optional[str] = typer.Option(None, "--label-task", help=TASK_HELP),
+    lesion_labels: list[str] = typer.Option([], "--lesion-labels", help=LESION_HELP),
+    tolerance: list[str] = typer.Option([], "--tolerance", "-t", help="NSD tolerance in mm: one value for all labels (default 1), or LABEL=MM per label; repeatable."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file with evaluation settings (keys of EvaluateConfig, at top level or under 'evaluate:')."),
+    overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Dice, IoU, HD95, ASSD, NSD, volumes and lesion detection of predictions against references.
+
+    Surface metrics follow MONAI's definitions (checked to 1e-6) and use the voxel spacing.
+    Empty masks: both empty -> Dice 1, distances NaN; one empty -> Dice 0, distances = image diagonal.
+
+    Examples:
+      medseg evaluate --pred preds/ --gt labelsTr/ --labels dataset.json -o eval/
+      medseg evaluate -p pred.nii.gz -g seg.nii.gz -l label_map.json --label-task total -o eval/
+      medseg evaluate -p preds/ -g gts/ --lesion-labels tumor --tolerance 2 --tolerance liver=3 -o eval/
+    """
+    from medseg.metrics.evaluate import evaluate as run_evaluation
+
+    config = _config(config_file, overrides)
+    result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, config, label_task)
+    _print_summary(result.summary)
+    console.print(f"wrote {', '.join(str(path) for path in result.files)}")
+
+
+def _format(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['cases']} case(s): mean [95% CI]")
+    for column in ("label", "Dice", "HD95 mm", "ASSD mm", "NSD", "vol. err mL"):
+        table.add_column(column)
+    shown = [
+        (label, stats) for label, stats in summary["metrics"].items()
+        if stats["volume_ref_ml"]["max"] or stats["volume_pred_ml"]["max"]
+    ]  # fmt: skip
+    for label, stats in shown[:60]:
+        cells = []
+        for metric in ("dice", "hd95", "assd", "nsd", "abs_volume_error_ml"):
+            entry = stats[metric]
+            ci = f" [{_format(entry['ci_low'])}, {_format(entry['ci_high'])}]" if entry.get("ci_low") is not None else ""
+            cells.append(_format(entry["mean"]) + ci)
+        table.add_row(label, *cells)
+    console.print(table)
+    hidden = len(summary["metrics"]) - len(shown)
+    if hidden > 0 or len(shown) > 60:
+        console.print(f"({hidden} label(s) absent from every case not shown; all {len(summary['metrics'])} are in summary.json and cases.csv)")
+    for label, lesions in summary["lesions"].items():
+        console.print(
+            f"{label}: {lesions['tp']}/{lesions['lesions_ref']} lesions found, sensitivity {_format(lesions['sensitivity'])}, "
+            f"precision {_format(lesions['precision'])}, {_format(lesions['fp_per_case'], 2)} false positives per case"
+        )
+
+
+def stats(
+    seg: Path = typer.Argument(..., help="Label map to describe (e.g. a `medseg infer` output)."),
+    image: Optional[Path] = typer.Option(None, "--image", "-i", help="The image it was predicted on, for intensity statistics (HU for CT); must share the grid."),
+    out: Path = typer.Option(..., "--out", "-o", help="A .json file, or a folder for statistics.json, structures.csv and lesions.csv."),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help=LABELS_HELP),
+    label_task: Optional[str] = typer.Option(None, "--label-task", help=TASK_HELP),
+    lesion_labels: list[str] = typer.Option([], "--lesion-labels", help="Label (name or index) whose connected components are listed with volume and RECIST diameters; repeatable."),
+) -> None:
+    """Per-structure volume, intensity (mean/median/std), centroid and bounding box; per-lesion diameters.
+
+    No ground truth needed. Volumes in mL, positions in world RAS mm.
+
+    Examples:
+      medseg stats seg.nii.gz --image ct.nii.gz -o stats/
+      medseg stats seg.nii.gz -i ct.nii.gz -l dataset.json --lesion-labels tumor -o stats.json
+    """
+    from medseg.io import read_volume
+    from medseg.metrics.statistics import segmentation_statistics, write_statistics
+
+    volume = read_volume(seg, role="label")
+    picture = read_volume(image) if image is not None else None
+    statistics = segmentation_statistics(volume, picture, labels, lesion_labels, label_task=label_task)
+    table = Table(title=str(seg))
+    for column in ("structure", "volume mL", "mean", "median", "std"):
+        table.add_column(column)
+    for name, facts in statistics["structures"].items():
+        if facts["voxels"]:
+            intensity = facts.get("intensity", {})
+            table.add_row(name, f"{facts['volume_ml']:.2f}", *(_format(intensity.get(key), 1) for key in ("mean", "median", "std")))
+    console.print(table)
+    console.print(f"wrote {', '.join(str(path) for path in write_statistics(statistics, out))}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command()(stats)
+
+
+def bench_evaluate_command(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the timings as JSON here."),
+    repeats: int = typer.Option(3, help="Runs to time; the best is reported."),
+    with_io: bool = typer.Option(True, "--with-io/--no-io", help="Also time the whole evaluate() on the pair saved as .nii.gz (reading and writing included)."),
+) -> None:
+    """Time the evaluation of a synthetic 512x512x300 case with 10 labels (target: <= 10 s on one core).
+
+    Example:
+      medseg bench evaluate -o bench_evaluate.json
+    """
+    from medseg.metrics.bench import bench_evaluate
+
+    result = bench_evaluate(repeats=repeats, with_io=with_io, out_json=out)
+    line = f"evaluate {'x'.join(map(str, result['shape']))}, {result['labels']} labels: best {result['seconds_best']:.2f} s in memory"
+    if "seconds_with_io" in result:
+        line += f", {result['seconds_with_io']:.2f} s with .nii.gz reading and writing"
+    console.print(line + " (target 10 s)")
+
+
+def register_bench(bench_app: typer.Typer) -> None:
+    """Add ``evaluate`` to a ``medseg bench`` command group (owned by whoever wires the bench group)."""
+    bench_app.command("evaluate")(bench_evaluate_command)
