@@ -21,6 +21,10 @@ from medseg.logging_setup import configure, err_console
 COMMAND_MODULES = (
     "medseg.cli.io_cmds",
     "medseg.cli.data_cmds",
+    "medseg.cli.dataset_cmds",
+    "medseg.cli.train_cmd",
+    "medseg.cli.evaluate_cmd",
+    "medseg.cli.bench_cmd",
     "medseg.cli.demo_cmd",
 )
 

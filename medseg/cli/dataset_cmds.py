@@ -1,0 +1,168 @@
+"""`medseg dataset check`, `medseg plan` and `medseg preprocess`: from a raw dataset to cached training cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from medseg.logging_setup import console
+
+dataset_app = typer.Typer(
+    help="Inspect raw datasets in the MSD or nnU-Net v2 layout (imagesTr/, labelsTr/, dataset.json).",
+    no_args_is_help=True,
+)
+
+DIR_HELP = "Raw dataset folder: MSD (dataset.json with 'modality') or nnU-Net v2 (dataset.json with 'channel_names'); detected automatically."
+CONFIG_HELP = "YAML config (see configs/); its 'fingerprint', 'plan' and 'preprocess' sections apply here."
+SET_HELP = "Override one config value, e.g. --set plan.target_spacing=[1,1,3] (repeatable)."
+
+
+def _load_config(config: Optional[Path], overrides: Optional[list[str]]):
+    from medseg.run_config import load_run_config
+
+    # The full run config, so one YAML serves plan, preprocess and train alike.
+    return load_run_config(config, list(overrides or []))
+
+
+@dataset_app.command("check")
+def check(
+    directory: Path = typer.Argument(..., help=DIR_HELP),
+    workers: int = typer.Option(2, "--workers", "-j", help="Cases read in parallel."),
+    as_json: bool = typer.Option(False, "--json", help="Print the problems as JSON instead of a table."),
+) -> None:
+    """Validate every case and list ALL problems at once; exit code 1 if any is an error.
+
+    Checks: image/label files exist and are readable, label grid (shape, affine) matches the
+    image, channel count matches dataset.json, label values are declared, no NaN/inf voxels.
+    Warnings (exit 0): empty label maps, labels stored as floats, label stored in another
+    orientation than its image.
+
+    Examples:
+      medseg dataset check data/Task04_Hippocampus
+      medseg dataset check my_dataset --json > problems.json
+    """
+    from medseg.data.check import check_dataset, has_errors
+
+    problems = check_dataset(directory, workers=workers)
+    if as_json:
+        typer.echo(json.dumps([problem.to_dict() for problem in problems], indent=2))
+    elif problems:
+        table = Table(title=f"{len(problems)} problem(s) in {directory}")
+        for column in ("severity", "case", "check", "problem", "file"):
+            table.add_column(column, overflow="fold")
+        for problem in sorted(problems, key=lambda p: (p.severity != "error", p.case, p.check)):
+            style = "red" if problem.severity == "error" else "yellow"
+            table.add_row(f"[{style}]{problem.severity}[/]", problem.case, problem.check, problem.message, Path(problem.path).name if problem.path else "")
+        console.print(table)
+    else:
+        console.print(f"[green]OK[/]: {directory} has no problems")
+    if has_errors(problems):
+        raise typer.Exit(code=1)
+
+
+def plan(
+    directory: Path = typer.Argument(..., help=DIR_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="GPU memory budget for patch and batch size [default: 8, or plan.gpu_memory_gb]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Plan file to write [default: medseg_work/<dataset>/plans.json]; fingerprint.json goes beside it."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes for the fingerprint [default: preprocess.workers = 2]."),
+) -> None:
+    """Fingerprint a dataset and choose spacing, normalization, patch/batch size and network shape.
+
+    Every choice is written with its reason to a human-readable JSON plan; edit it or override
+    from a config. The fingerprint is reused while the dataset files are unchanged.
+
+    Examples:
+      medseg plan data/Task04_Hippocampus
+      medseg plan data/liver --gpu-memory-gb 24 -o liver_plans.json
+      medseg plan data/liver --set plan.target_spacing=[0.8,0.8,2.5]
+    """
+    from medseg.data.config import default_work_dir
+    from medseg.data.dataset import load_dataset
+    from medseg.data.plan import plan_dataset
+
+    overrides = list(overrides or [])
+    if gpu_memory_gb is not None:
+        overrides.append(f"plan.gpu_memory_gb={gpu_memory_gb}")
+    settings = _load_config(config, overrides)
+    output = output or default_work_dir(load_dataset(directory).name) / "plans.json"
+    result = plan_dataset(directory, settings, output, workers=workers or settings.preprocess.workers)
+    print_plan(result)
+    console.print(f"wrote {output}")
+
+
+def print_plan(plan: dict) -> None:
+    table = Table(title=f"plan for {plan['dataset']} ({plan['fingerprint_summary']['num_cases']} cases)", show_header=False)
+    table.add_column("choice", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("target spacing", f"{[round(s, 3) for s in plan['target_spacing']]} mm: {plan['target_spacing_reason']}")
+    for entry in plan["preprocessing"]["normalization"]:
+        table.add_row(f"channel {entry['channel']} ({entry['name']})", f"{entry['scheme']}: {entry['reason']}")
+    resampling = plan["preprocessing"]["resampling"]
+    table.add_row("resampling", f"image order {resampling['image_order']}, labels {resampling['label']}")
+    for name, conf in plan["configurations"].items():
+        table.add_row(
+            f"{name} network",
+            f"patch {conf['patch_size']}, batch {conf['batch_size']}, {conf['n_stages']} stages, "
+            f"strides {conf['strides'][1:]}, ~{conf['estimated_memory_gb']} GB",
+        )
+    table.add_row("preprocessing hash", plan["preprocessing_hash"])
+    console.print(table)
+
+
+def preprocess(
+    directory: Path = typer.Argument(..., help=DIR_HELP),
+    plan_path: Optional[Path] = typer.Option(None, "--plan", "-p", help="Plan from `medseg plan` [default: medseg_work/<dataset>/plans.json, created if missing]."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes [default: preprocess.workers = 2]."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder [default: medseg_work/<dataset>/preprocessed]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP + " Used only when the plan has to be created."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Reorient, crop, normalize and resample every training case into a cache of .npy arrays.
+
+    Reruns skip finished cases; a changed plan recomputes everything (and says why). Exit code 1
+    if any case failed (each failure is listed with its file).
+
+    Examples:
+      medseg preprocess data/Task04_Hippocampus
+      medseg preprocess data/liver --plan liver_plans.json --cache /scratch/liver --workers 8
+    """
+    from medseg.data.cache import preprocess_dataset
+    from medseg.data.config import default_work_dir
+    from medseg.data.dataset import load_dataset
+    from medseg.data.plan import load_plan, plan_dataset
+
+    settings = _load_config(config, overrides)
+    workers = workers or settings.preprocess.workers
+    description = load_dataset(directory)
+    work = default_work_dir(description.name)
+    if plan_path is None and not (work / "plans.json").is_file():
+        console.print(f"no plan given: planning first ({work / 'plans.json'})")
+        current = plan_dataset(directory, settings, work / "plans.json", workers=workers)
+    else:
+        current = load_plan(plan_path or work / "plans.json")
+        if config is not None or overrides:
+            console.print("[yellow]note[/]: --config/--set only apply when a plan is created; edit the plan or re-run `medseg plan` to change it")
+    report = preprocess_dataset(description, current, cache or work / "preprocessed", workers=workers)
+    if report.invalidated:
+        console.print(f"[yellow]recomputed all cases[/]: {report.invalidated}")
+    console.print(f"{report.cache_dir}: {len(report.processed)} preprocessed, {len(report.skipped)} already done, {len(report.failed)} failed")
+    if report.failed:
+        table = Table(title="failed cases")
+        table.add_column("case")
+        table.add_column("error", overflow="fold")
+        for case_id, message in sorted(report.failed.items()):
+            table.add_row(case_id, message)
+        console.print(table)
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(dataset_app, name="dataset")
+    app.command("plan")(plan)
+    app.command("preprocess")(preprocess)

@@ -1,0 +1,61 @@
+"""`medseg train`: plan (if needed), preprocess (if needed) and train one fold or all of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medseg.logging_setup import console
+
+
+def train(
+    target: Path = typer.Argument(..., help="A raw dataset folder (MSD/nnU-Net layout), a preprocessed cache, or a config YAML whose `dataset:` names one."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/); every hyperparameter lives there."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value, e.g. --set train.lr=0.02 --set model.base_features=16 (repeatable)."),
+    fold: str = typer.Option("0", "--fold", "-f", help="Cross-validation fold to train, or 'all' for every fold in turn."),
+    configuration: Optional[str] = typer.Option(None, "--configuration", help="'3d' or '2d' [default: train.configuration]."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget per fold; the LR schedule follows it and training ends cleanly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (exact optimizer, RNG and epoch state)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>/<configuration>]; folds go into fold_<k>."),
+) -> None:
+    """Train a segmentation network with Dice+CE on random patches, validating on the held-out fold.
+
+    The first run on a raw dataset plans it (spacing, normalization, patch and network) and
+    preprocesses it into medseg_work/<dataset>/; later runs reuse that cache.
+
+    Examples:
+      medseg train data/Task04_Hippocampus --config configs/hippocampus.yaml --max-minutes 30
+      medseg train configs/synthetic.yaml --fold all
+      medseg train runs/config.yaml --resume        (after a crash or kill -9)
+    """
+    from medseg.run_config import load_run_config
+    from medseg.train.api import train as run_training
+
+    if target.suffix.lower() in (".yaml", ".yml"):
+        if config is not None:
+            raise typer.BadParameter("give the config either as TARGET or with --config, not both")
+        config, dataset = target, None
+    else:
+        dataset = target
+    settings = load_run_config(config, list(overrides or []))
+    # Command-line options win over the file; assigned (not parsed) so any path is taken literally.
+    if dataset is not None:
+        settings.dataset = str(dataset)
+    if configuration:
+        settings.train.configuration = configuration
+    if max_minutes:
+        settings.train.max_minutes = max_minutes
+    if output:
+        settings.run_dir = str(output)
+    folds = list(range(settings.train.num_folds)) if fold == "all" else [int(fold)] if fold.isdigit() else None
+    if folds is None:
+        raise typer.BadParameter(f"--fold must be a fold number or 'all', got {fold!r}")
+    for result in run_training(settings, folds, resume=resume):
+        scores = "" if not result.last_validation else ", ".join(f"{k}: {v:.4f}" for k, v in result.last_validation["dice"].items())
+        console.print(f"[bold green]✓[/] {result.run_dir}: {result.epochs_done} epochs, {result.iterations_done} iterations; validation Dice {scores}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)

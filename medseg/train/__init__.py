@@ -1,0 +1,1 @@
+"""Patch-based training: splits, data loading, optimisation, validation, checkpoints, resume."""

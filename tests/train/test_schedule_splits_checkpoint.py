@@ -1,0 +1,87 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import ConfigError, InputError
+from medseg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medseg.train.config import TrainConfig
+from medseg.train.schedule import learning_rate, poly_lr, training_progress, warmup_cosine_lr
+from medseg.train.splits import load_or_create_splits, make_splits
+
+
+def test_poly_matches_nnunet_formula():
+    assert poly_lr(0.01, 0.0) == pytest.approx(0.01)
+    assert poly_lr(0.01, 0.5) == pytest.approx(0.01 * 0.5**0.9)
+    assert poly_lr(0.01, 1.0) == 0.0
+
+
+def test_warmup_cosine_shape():
+    assert warmup_cosine_lr(1.0, 0.01, warmup=0.02) == pytest.approx(0.5)
+    assert warmup_cosine_lr(1.0, 0.02, warmup=0.02) == pytest.approx(1.0)
+    assert warmup_cosine_lr(1.0, 1.0, warmup=0.02, min_fraction=0.1) == pytest.approx(0.1)
+
+
+def test_time_budget_drives_progress():
+    assert training_progress(10, 100, elapsed_s=50, budget_s=100) == pytest.approx(0.5)
+    assert training_progress(80, 100, elapsed_s=50, budget_s=100) == pytest.approx(0.8)
+    assert training_progress(10, 100, elapsed_s=500, budget_s=100) == 1.0
+    config = TrainConfig(schedule="poly", lr=0.02)
+    assert learning_rate(config, 0.25) == pytest.approx(0.02 * 0.75**0.9)
+
+
+def test_splits_are_deterministic_disjoint_and_complete(tmp_path):
+    ids = [f"case_{i:03d}" for i in range(23)]
+    splits = make_splits(ids, 5, seed=1)
+    assert splits == make_splits(list(reversed(ids)), 5, seed=1)
+    assert sorted(case for fold in splits for case in fold["val"]) == ids
+    for fold in splits:
+        assert not set(fold["train"]) & set(fold["val"]) and len(fold["train"]) + len(fold["val"]) == 23
+    assert make_splits(ids, 5, seed=2) != splits
+    path = tmp_path / "splits.json"
+    assert load_or_create_splits(path, ids, 5, 1) == splits
+    assert load_or_create_splits(path, ids, 5, 999) == splits, "an existing file for the same cases is reused"
+    with pytest.raises(ConfigError):
+        make_splits(ids[:3], 5)
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    path = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": state, "epoch": 7, "config": {"a": [1, 2]}})
+    payload = load_checkpoint(path)
+    assert payload["epoch"] == 7 and payload["format_version"] == 1
+    restore_rng_state(payload["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    fresh = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
+    fresh.load_state_dict(payload["optimizer"])
+    torch.testing.assert_close(fresh.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left"
+
+
+def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match="not a readable"):
+        load_checkpoint(damaged)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(InputError, match="not a medseg checkpoint"):
+        load_checkpoint(foreign)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    pickled = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": Evil()}, pickled)
+    with pytest.raises(InputError):
+        load_checkpoint(pickled)
