@@ -26,12 +26,17 @@ class DemoSettings:
     cases: int = 10
     test_cases: int = 2
     seed: int = 0
+    train_minutes: float | None = None
 
 
 @dataclass
 class DemoState:
     settings: DemoSettings
     dataset_dir: Path | None = None
+    config: Any = None
+    plan: dict[str, Any] | None = None
+    cache_dir: Path | None = None
+    run_dir: Path | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,9 +77,65 @@ def stage_io_round_trip(state: DemoState) -> str:
     return f"{source.name} ({nifti.orientation}, {nifti.shape}) -> DICOM {len(list(dicom_dir.iterdir()))} slices -> {', '.join(converted)}; max world error {error_mm:.1e} mm"
 
 
+def _demo_config(state: DemoState):
+    """configs/synthetic.yaml (sized for a CPU), with the demo's own folders."""
+    from medseg.run_config import load_run_config
+
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    if not config_path.is_file():
+        raise MedsegError(f"{config_path}: demo config not found; run the demo from a medseg checkout (pip install -e .)")
+    out = state.settings.out_dir
+    config = load_run_config(config_path, [f"work_dir={out / 'work'}", f"run_dir={out / 'run'}"])
+    config.dataset = str(state.dataset_dir)
+    if state.settings.train_minutes:
+        config.train.max_minutes = state.settings.train_minutes
+    return config
+
+
+def stage_check(state: DemoState) -> str:
+    from medseg.data.check import check_dataset, has_errors
+
+    problems = check_dataset(state.dataset_dir)
+    if has_errors(problems):
+        raise MedsegError(f"synthetic dataset failed its check: {problems[0].message}")
+    return f"{len(problems)} warning(s), no errors"
+
+
+def stage_plan(state: DemoState) -> str:
+    from medseg.data.plan import plan_dataset
+
+    state.config = _demo_config(state)
+    plan = plan_dataset(state.dataset_dir, state.config, Path(state.config.work_dir) / "plans.json", workers=state.config.preprocess.workers, progress=False)
+    state.plan = plan
+    chosen = plan["configurations"]["3d"]
+    return f"spacing {[round(v, 2) for v in plan['target_spacing']]} mm, CT clip {plan['preprocessing']['normalization'][0].get('clip')}, planned 3D patch {chosen['patch_size']} (demo trains {state.config.train.patch_size})"
+
+
+def stage_preprocess(state: DemoState) -> str:
+    from medseg.train.api import prepare_cache
+
+    state.cache_dir = prepare_cache(state.dataset_dir, state.config, progress=False)
+    return f"cache in {state.cache_dir}"
+
+
+def stage_train(state: DemoState) -> str:
+    from medseg.train.api import train
+
+    result = train(state.config, folds=[0], progress=True)[0]
+    state.run_dir = result.run_dir
+    dice = result.last_validation["dice"] if result.last_validation else {}
+    labels = {int(k): v for k, v in state.plan["labels"].items()}
+    scores = ", ".join(f"{labels[k]} {v:.3f}" for k, v in dice.items())
+    return f"{result.iterations_done} iterations in {result.epochs_done} epochs; validation Dice {scores}; curves in {result.run_dir / 'training_curves.png'}"
+
+
 STAGES: list[tuple[str, Callable[[DemoState], str]]] = [
     ("synthetic dataset", stage_synthetic),
     ("DICOM/NIfTI round trip", stage_io_round_trip),
+    ("dataset check", stage_check),
+    ("plan", stage_plan),
+    ("preprocess", stage_preprocess),
+    ("train", stage_train),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -15,11 +16,12 @@ def demo(
     cases: int = typer.Option(10, min=3, help="Synthetic training cases to generate."),
     test_cases: int = typer.Option(2, min=1, help="Held-back synthetic cases used for inference at the end."),
     seed: int = typer.Option(0, help="Seed of the synthetic data; the same seed gives the same data."),
+    train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="Cap training time (minutes) [default: the epochs in configs/synthetic.yaml]."),
 ) -> None:
     """Run the whole pipeline on a built-in synthetic CT tumor dataset (no download, CPU is fine).
 
-    Stages: synthetic dataset -> DICOM/NIfTI round trip -> ... Each prints one line as it finishes,
-    then `medseg info` of the DICOM series it wrote.
+    Stages: synthetic dataset -> DICOM/NIfTI round trip -> dataset check -> plan -> preprocess ->
+    train. Each prints one line as it finishes, then `medseg info` of the DICOM series it wrote.
     """
     from medseg.demo import DemoSettings, run_demo
     from medseg.io.inspect import describe_volume  # noqa: F401  (keeps the import cost inside the command)
@@ -27,7 +29,7 @@ def demo(
     def report(name: str, summary: str, seconds: float) -> None:
         console.print(f"[bold green]✓[/] [bold]{name}[/] ({seconds:.1f} s): {summary}", highlight=False)
 
-    state = run_demo(DemoSettings(out_dir=out, cases=cases, test_cases=test_cases, seed=seed), on_stage=report)
+    state = run_demo(DemoSettings(out_dir=out, cases=cases, test_cases=test_cases, seed=seed, train_minutes=train_minutes), on_stage=report)
     info = state.facts.get("info")
     if info:
         table = Table(title="medseg info of the demo DICOM series", show_header=False)

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "medseg.cli.dataset_cmds",
     "medseg.cli.train_cmd",
     "medseg.cli.evaluate_cmd",
+    "medseg.cli.report_cmd",
     "medseg.cli.bench_cmd",
     "medseg.cli.demo_cmd",
 )
