@@ -129,6 +129,36 @@ def stage_train(state: DemoState) -> str:
     return f"{result.iterations_done} iterations in {result.epochs_done} epochs; validation Dice {scores}; curves in {result.run_dir / 'training_curves.png'}"
 
 
+def stage_infer(state: DemoState) -> str:
+    """Segment the held-back cases (never seen in training) with the trained run folder."""
+    from medseg.infer import infer
+
+    out = state.settings.out_dir / "predictions"
+    report = infer(state.run_dir, state.dataset_dir / "imagesTs", out, progress=True)
+    state.facts["predictions"] = out
+    cases = len(report.outputs)
+    return f"{cases} held-back cases segmented in {report.seconds:.1f} s; masks and JSON sidecars in {out}"
+
+
+def stage_evaluate(state: DemoState) -> str:
+    from medseg.metrics import evaluate
+
+    out = state.settings.out_dir / "evaluation"
+    result = evaluate(state.facts["predictions"], state.dataset_dir / "labelsTs", labels=state.dataset_dir / "dataset.json",
+                      out_dir=out, config=state.config.evaluate, progress=False)
+    state.facts["evaluation"] = out
+    scores = ", ".join(f"{name} {value:.3f}" for name, value in result.mean("dice").items() if value is not None)
+    return f"mean Dice on held-back cases: {scores}; summary.json, cases.csv, lesions.csv in {out}"
+
+
+def stage_report(state: DemoState) -> str:
+    from medseg.report import build_report
+
+    html = build_report(state.facts["evaluation"], state.settings.out_dir / "report.html", images=state.dataset_dir / "imagesTs",
+                        model=state.run_dir, title="medseg demo: synthetic liver tumor CT", progress=False)
+    return f"open {html.resolve()} in a browser"
+
+
 STAGES: list[tuple[str, Callable[[DemoState], str]]] = [
     ("synthetic dataset", stage_synthetic),
     ("DICOM/NIfTI round trip", stage_io_round_trip),
@@ -136,6 +166,9 @@ STAGES: list[tuple[str, Callable[[DemoState], str]]] = [
     ("plan", stage_plan),
     ("preprocess", stage_preprocess),
     ("train", stage_train),
+    ("infer", stage_infer),
+    ("evaluate", stage_evaluate),
+    ("report", stage_report),
 ]
 
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from medseg.config import load
 from medseg.data.config import DataConfig
 from medseg.losses.config import LossConfig
+from medseg.infer.config import InferConfig
 from medseg.metrics.config import EvaluateConfig
 from medseg.models.config import ModelConfig
 from medseg.train.config import TrainConfig
@@ -21,7 +22,7 @@ from medseg.transforms.augment import AugmentConfig
 
 
 class RunConfig(DataConfig):
-    """Sections: fingerprint, plan, preprocess (data pipeline), model, loss, augment, train, evaluate."""
+    """Sections: fingerprint, plan, preprocess (data pipeline), model, loss, augment, train, infer, evaluate."""
 
     dataset: str | None = Field(None, description="raw dataset folder (MSD or nnU-Net layout) or a preprocessed cache; `medseg train CONFIG.yaml` reads it from here")
     work_dir: str | None = Field(None, description="where plans and the preprocessed cache go [default: medseg_work/<dataset name>]")
@@ -30,6 +31,7 @@ class RunConfig(DataConfig):
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
 

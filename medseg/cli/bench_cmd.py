@@ -36,7 +36,8 @@ def bench_train(
 
 
 def register(app: typer.Typer) -> None:
-    from medseg.cli.evaluate_cmd import register_bench
+    from medseg.cli import evaluate_cmd, infer_cmd
 
-    register_bench(bench_app)
+    infer_cmd.register_bench(bench_app)
+    evaluate_cmd.register_bench(bench_app)
     app.add_typer(bench_app, name="bench")

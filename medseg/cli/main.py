@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "medseg.cli.data_cmds",
     "medseg.cli.dataset_cmds",
     "medseg.cli.train_cmd",
+    "medseg.cli.infer_cmd",
     "medseg.cli.evaluate_cmd",
     "medseg.cli.report_cmd",
     "medseg.cli.bench_cmd",

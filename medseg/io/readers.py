@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import atomic_path, full_suffix
@@ -63,6 +64,8 @@ def _read_file(path: Path) -> Volume:
         except Exception as error:  # nibabel raises many types for malformed headers
             if suffix == ".nii.gz" and _gzip_is_broken(path):
                 raise InputError(path, "truncated or corrupt compressed NIfTI (the gzip stream ends early)") from error
+            if isinstance(error, ImageFileError):
+                raise InputError(path, "not a readable NIfTI file (no valid NIfTI-1/NIfTI-2 header)") from error
             raise InputError(path, f"not a readable NIfTI file ({_one_line(error).replace(str(path), 'file')})") from error
     if suffix in ITK_SUFFIXES:
         try:

@@ -1,0 +1,284 @@
+"""`medseg bench infer`: medseg's inference against a plain MONAI pipeline, side by side.
+
+Both pipelines get the same network and weights (one medseg checkpoint), the same window, overlap
+(0.5), Gaussian blending and sliding-window batch, no TTA, the same CPU threads, and each runs in
+its own process (:mod:`medseg.infer.bench_runner`) so that peak memory is measured per pipeline.
+Without a model, a randomly initialised DynUNet is saved as a checkpoint: weights do not change
+the cost of inference, and the plan is a TotalSegmentator-"fast"-like CT setting (3 mm isotropic,
+patch 96^3, 16 base features). Random weights make the two masks' agreement a weak check only
+(near-tied logits flip under the pipelines' different interpolation), so it is reported, not
+asserted.
+
+Cases: ``../shared/data/totalseg_example/ct/example_ct.nii.gz`` when present and a synthetic
+512 x 512 x 300 CT (0.8 x 0.8 x 1.5 mm, stored LPS like a DICOM conversion).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medseg.infer.outputs import safe_name
+from medseg.io import Volume, read_volume, write_volume
+from medseg.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_CT = Path("../shared/data/totalseg_example/ct/example_ct.nii.gz")
+CT_NORMALIZATION = {"channel": 0, "name": "CT", "modality": "CT", "scheme": "ct", "clip": [-1000.0, 1500.0], "mean": 40.0, "std": 350.0}
+
+
+def benchmark_plan(classes: int, spacing: Sequence[float] = (3.0, 3.0, 3.0), patch: Sequence[int] = (96, 96, 96), image_order: int = 3) -> dict[str, Any]:
+    """A minimal medseg plan: CT normalization, target spacing, one 3D configuration."""
+    labels = {str(k): ("background" if k == 0 else f"class_{k}") for k in range(classes)}
+    return {
+        "plan_version": 1, "dataset": "benchmark", "labels": labels, "canonical_orientation": "RAS",
+        "target_spacing": list(spacing),
+        "preprocessing": {
+            "orientation": "RAS", "target_spacing": list(spacing), "num_channels": 1, "labels": list(range(classes)),
+            "normalization": [dict(CT_NORMALIZATION)],
+            "resampling": {"image_order": image_order, "label": "per_class_linear", "separate_axis_ratio": 3.0, "out_of_plane_order": 0},
+            "class_locations_per_class": 100, "seed": 0,
+        },
+        "configurations": {"3d": {"patch_size": list(patch), "spacing": list(spacing), "batch_size": 2}},
+    }
+
+
+def build_benchmark_checkpoint(path: str | Path, classes: int = 3, base_features: int = 16, max_features: int = 256,
+                               patch: Sequence[int] = (96, 96, 96), spacing: Sequence[float] = (3.0, 3.0, 3.0), seed: int = 0,
+                               image_order: int = 3) -> Path:
+    """Save a randomly initialised DynUNet with a plan as a medseg checkpoint (format of medseg.train)."""
+    import torch
+
+    from medseg.models.config import ModelConfig
+    from medseg.models.registry import build_model
+    from medseg.run_config import RunConfig
+    from medseg.train.checkpoint import save_checkpoint
+
+    plan = benchmark_plan(classes, spacing, patch, image_order)
+    config = RunConfig.model_validate({"model": {"name": "dynunet", "base_features": base_features, "max_features": max_features}})
+    configuration = dict(plan["configurations"]["3d"])
+    torch.manual_seed(seed)
+    network = build_model(ModelConfig(**config.model.model_dump()), 1, classes, configuration)
+    payload = {
+        "model": network.state_dict(),
+        "model_spec": {"name": "dynunet", "in_channels": 1, "out_channels": classes, "plan_configuration": configuration},
+        "config": config.model_dump(mode="json"), "plan": plan, "labels": plan["labels"],
+        "normalization": plan["preprocessing"]["normalization"], "fold": 0, "epoch": 0, "validation": None,
+    }
+    return save_checkpoint(path, payload)
+
+
+def synthetic_ct(path: str | Path, shape: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.8, 0.8, 1.5), seed: int = 0) -> Path:
+    """A CT-like int16 volume: air, an elliptical body with fat, soft tissue, organs, spine and noise; stored LPS."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = (int(s) for s in shape)
+    x = (np.arange(nx, dtype=np.float32) - nx / 2) * spacing[0]
+    y = (np.arange(ny, dtype=np.float32) - ny / 2) * spacing[1]
+    z = np.arange(nz, dtype=np.float32) * spacing[2]
+    image = np.full((nx, ny, nz), -1000, dtype=np.int16)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    for k in range(nz):
+        scale = 1.0 + 0.1 * np.sin(z[k] / 80.0)
+        body = (xx / (170 * scale)) ** 2 + (yy / (120 * scale)) ** 2
+        plane = np.where(body < 1, np.where(body > 0.8, -90, 45), -1000).astype(np.float32)
+        plane[((xx - 60) / 80) ** 2 + ((yy + 10) / 60) ** 2 + ((z[k] - 200) / 90) ** 2 < 1] = 60  # liver
+        plane[((xx + 70) / 35) ** 2 + ((yy + 20) / 30) ** 2 + ((z[k] - 230) / 50) ** 2 < 1] = 50  # spleen
+        plane[(xx / 18) ** 2 + ((yy - 70) / 18) ** 2 < 1] = 400  # vertebra
+        plane[((xx - 20) / 12) ** 2 + ((yy - 40) / 12) ** 2 < 1] = 180  # aorta
+        image[:, :, k] = np.clip(plane + rng.normal(0, 15, plane.shape).astype(np.float32), -1024, 3071).astype(np.int16)
+    affine = np.diag([*(float(s) for s in spacing), 1.0])
+    affine[:3, 3] = [-x[-1] / 2, -y[-1] / 2, -200.0]
+    return write_volume(Volume(image, affine, "image", {"modality": "CT"}).reoriented("LPS"), path)
+
+
+def machine_info() -> dict[str, Any]:
+    import monai
+    import SimpleITK as sitk
+    import torch
+
+    memory_gb = None
+    try:
+        with open("/proc/meminfo") as handle:
+            memory_gb = round(int(handle.readline().split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__,
+            "simpleitk": sitk.Version_VersionString(), "platform": platform.platform()}
+
+
+def _run(pipeline: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    spec_path, result_path = work / f"{pipeline}_spec.json", work / f"{pipeline}_result.json"
+    spec_path.write_text(json.dumps(spec))
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", "medseg.infer.bench_runner", pipeline, str(spec_path), str(result_path)],
+                               capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{pipeline} benchmark process failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(result_path.read_text())
+    result["process_s"] = time.perf_counter() - started
+    return result
+
+
+def _agreement(medseg_mask: str, monai_mask: str) -> dict[str, float]:
+    a, b = read_volume(medseg_mask, role="label").reoriented("RAS"), read_volume(monai_mask, role="label").reoriented("RAS")
+    if a.shape != b.shape or not np.allclose(a.affine, b.affine, atol=1e-3):
+        return {"dice": float("nan"), "voxel_agreement": float("nan"), "same_grid": False}
+    foreground = [k for k in np.union1d(np.unique(a.array), np.unique(b.array)) if k > 0]
+    dices = [2 * np.sum((a.array == k) & (b.array == k)) / max(np.sum(a.array == k) + np.sum(b.array == k), 1) for k in foreground]
+    return {"dice": float(np.mean(dices)) if dices else 1.0, "voxel_agreement": float(np.mean(a.array == b.array)), "same_grid": True}
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best-of-N time (other processes on a shared machine only ever add time) and the largest peak RSS."""
+    best = min(runs, key=lambda run: run["seconds"])
+    return {**best, "seconds_all": [round(run["seconds"], 2) for run in runs], "seconds_median": float(np.median([run["seconds"] for run in runs])),
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs)}
+
+
+def bench_infer(
+    model: str | Path | None = None,
+    inputs: list[Path] | None = None,
+    synthetic_shape: Sequence[int] = (512, 512, 300),
+    out_json: str | Path | None = Path("reports/infer_benchmark_cpu.json"),
+    device: str = "cpu",
+    *,
+    synthetic: bool = True,
+    classes: int | Sequence[int] = 3,
+    repeats: int = 1,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    amp: str = "off",
+    image_order: int = 3,
+    work_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Time medseg and MONAI on each input, each run in its own process, alternating ``repeats`` times.
+
+    Without ``model``, one random DynUNet checkpoint is built per entry of ``classes``, with a plan
+    that resamples images with spline order ``image_order`` (3 = medseg's default, cubic; 1 = linear,
+    the same interpolation as MONAI's ``Spacingd(mode="bilinear")``). ``amp="bf16"`` runs both
+    networks under bfloat16 autocast. Writes JSON and a markdown table beside it when ``out_json``
+    is given.
+    """
+    class_counts = [classes] if isinstance(classes, int) else list(classes)
+    with tempfile.TemporaryDirectory(prefix="medseg_bench_infer_") as temporary:
+        work = Path(work_dir or temporary)
+        work.mkdir(parents=True, exist_ok=True)
+        models = ([(None, Path(model))] if model is not None else
+                  [(count, build_benchmark_checkpoint(work / f"benchmark_model_{count}_classes_order{image_order}.pt", classes=count,
+                                                                 image_order=image_order)) for count in class_counts])
+        cases = [Path(p) for p in inputs] if inputs else ([EXAMPLE_CT] if EXAMPLE_CT.is_file() else [])
+        if synthetic:
+            shape = tuple(int(s) for s in synthetic_shape)
+            cases.append(synthetic_ct(work / f"synthetic_ct_{'x'.join(map(str, shape))}.nii.gz", shape))
+        rows = []
+        for count, model_path in models:
+            for case in cases:
+                source = read_volume(case)
+                row: dict[str, Any] = {"input": case.name, "classes": count, "image_order": None if model else image_order, "amp": amp,
+                                       "shape": list(source.shape),
+                                       "spacing_mm": [round(float(s), 4) for s in source.spacing], "orientation": source.orientation,
+                                       "load_average_before": _load_average()}
+                del source
+                runs: dict[str, list[dict[str, Any]]] = {"medseg": [], "monai": []}
+                for repeat in range(repeats):
+                    for pipeline in ("medseg", "monai") if repeat % 2 == 0 else ("monai", "medseg"):
+                        spec = {"model": str(model_path), "input": str(case), "out_dir": str(work / f"{pipeline}_{count}_{safe_name(case.name)}"),
+                                "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size, "amp": amp}
+                        log.info("benchmark: %s on %s (%s classes), run %d/%d", pipeline, case.name, count, repeat + 1, repeats)
+                        runs[pipeline].append(_run(pipeline, spec, work))
+                row.update({pipeline: _summarise(results) for pipeline, results in runs.items()})
+                row["load_average_after"] = _load_average()
+                row["speedup"] = row["monai"]["seconds"] / row["medseg"]["seconds"]
+                row["ram_ratio"] = row["medseg"]["peak_rss_mb"] / row["monai"]["peak_rss_mb"]
+                overhead = {p: row[p]["seconds"] - row[p]["stages_s"]["predict"] for p in ("medseg", "monai")}
+                row["non_network_s"] = overhead
+                agreement = _agreement(row["medseg"]["mask"], row["monai"]["mask"])
+                row["agreement_dice"], row["agreement_voxels"] = agreement["dice"], agreement["voxel_agreement"]
+                rows.append(row)
+        result = {"benchmark": "medseg infer vs plain MONAI pipeline", "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
+                  "settings": {"device": device, "overlap": overlap, "blending": "gaussian", "sw_batch_size": sw_batch_size, "tta": False,
+                               "amp": amp, "repeats": repeats,
+                               "model": str(model) if model else "random DynUNet (16 base features, max 256, 5 stages), patch 96^3, 3 mm isotropic plan"},
+                  "cases": rows}
+    if out_json is not None:
+        write_report(result, Path(out_json))
+    return result
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several bench_infer results (e.g. cubic and linear plans) as one report; rows keep their own settings."""
+    merged = dict(results[0])
+    merged["cases"] = [row for result in results for row in result["cases"]]
+    return merged
+
+
+def write_report(result: dict[str, Any], out_json: Path) -> tuple[Path, Path]:
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_json) as temporary:
+        temporary.write_text(json.dumps(result, indent=2) + "\n")
+    markdown = out_json.with_suffix(".md")
+    with atomic_path(markdown) as temporary:
+        temporary.write_text(render_markdown(result))
+    return out_json, markdown
+
+
+def _variant(row: dict[str, Any]) -> str:
+    order = {None: "model's plan", 1: "linear", 3: "cubic"}.get(row.get("image_order"), f"order {row.get('image_order')}")
+    return f"{row['classes'] or '-'} | {order} | {row.get('amp', 'off')}"
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """Tables of the results, and which stage dominates each pipeline's time outside the network."""
+    machine, settings = result["machine"], result["settings"]
+    lines = [f"# {result['benchmark']} ({result['date']})", "",
+             f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB RAM, GPU: {machine['gpu'] or 'none'}; "
+             f"Python {machine['python']}, torch {machine['torch']}, MONAI {machine['monai']}, SimpleITK {machine['simpleitk']}, numpy {machine['numpy']}.", "",
+             f"Network: {settings['model']}. Both pipelines: device {settings['device']}, overlap {settings['overlap']}, {settings['blending']} "
+             f"blending, sw_batch_size {settings['sw_batch_size']}, no TTA, the same torch threads; each run in its own process; "
+             f"best of {settings['repeats']} alternating run(s) per pipeline (peak RSS: the largest).", "",
+             "Columns: classes of the network (incl. background); the plan's image interpolation for medseg's preprocessing "
+             "(MONAI always uses Spacingd bilinear); AMP for both networks.", "",
+             "| input | classes | medseg interp. | AMP | pipeline | seconds (best) | all runs | peak RSS MB | stages of the best run (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["cases"]:
+        for pipeline in ("medseg", "monai"):
+            data = row[pipeline]
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in data["stages_s"].items())
+            lines.append(f"| {row['input']} {'x'.join(map(str, row['shape']))} | {_variant(row)} | {pipeline} | {data['seconds']:.1f} | "
+                         f"{', '.join(f'{v:.1f}' for v in data['seconds_all'])} | {data['peak_rss_mb']:.0f} | {stages} |")
+    lines += ["", "| input | classes | medseg interp. | AMP | MONAI time / medseg time (goal >= 2) | medseg RAM / MONAI RAM (goal <= 0.5) | "
+              "seconds outside the network: medseg / MONAI | largest medseg stage outside the network | mask agreement (mean Dice) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["cases"]:
+        stages = {k: v for k, v in row["medseg"]["stages_s"].items() if k != "predict"}
+        largest = max(stages, key=stages.get)
+        lines.append(f"| {row['input']} | {_variant(row)} | {row['speedup']:.2f}x {'(met)' if row['speedup'] >= 2 else '(not met)'} | "
+                     f"{row['ram_ratio']:.2f} {'(met)' if row['ram_ratio'] <= 0.5 else '(not met)'} | "
+                     f"{row['non_network_s']['medseg']:.1f} / {row['non_network_s']['monai']:.1f} | {largest} {stages[largest]:.1f} s | "
+                     f"{row['agreement_dice']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""Per-label cleanup rules and the per-label numbers of the sidecar, on crafted arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medseg.errors import ConfigError
+from medseg.infer.config import InferConfig, PostprocessRule
+from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, resolve_rules
+
+NAMES = {0: "background", 1: "liver", 2: "tumor"}
+
+
+def _crafted() -> np.ndarray:
+    labels = np.zeros((20, 20, 10), dtype=np.uint8)
+    labels[2:10, 2:10, 2:8] = 1  # liver, 384 voxels
+    labels[15:17, 15:17, 1:3] = 1  # stray liver island, 8 voxels
+    labels[4:6, 4:6, 4:6] = 2  # tumor inside the liver, 8 voxels
+    labels[12, 2, 2] = 2  # 1-voxel tumor speck
+    labels[12:15, 12:15, 5:8] = 2  # tumor, 27 voxels
+    return labels
+
+
+def test_largest_component_keeps_only_the_biggest_piece():
+    labels = _crafted()
+    removed = postprocess(labels, {1: PostprocessRule(largest_component=True)}, np.array([1.0, 1.0, 1.0]))
+    assert removed == {1: 8}
+    assert (labels == 1).sum() == 384 - 8  # the liver block minus the tumor cube inside it
+    assert labels[15:17, 15:17, 1:3].max() == 0
+    assert (labels == 2).sum() == 8 + 1 + 27  # other labels untouched
+
+
+def test_min_size_uses_millimetres():
+    labels = _crafted()
+    # voxels of 2 x 2 x 2 mm = 8 mm3: the speck is 8 mm3, the 8-voxel tumor 64 mm3, the 27-voxel one 216 mm3
+    postprocess(labels, {2: PostprocessRule(min_size_mm3=64)}, np.array([2.0, 2.0, 2.0]))
+    assert labels[12, 2, 2] == 0
+    assert (labels == 2).sum() == 8 + 27
+    postprocess(labels, {2: PostprocessRule(min_size_mm3=65)}, np.array([2.0, 2.0, 2.0]))
+    assert (labels == 2).sum() == 27
+
+
+def test_no_rule_changes_nothing():
+    labels = _crafted()
+    before = labels.copy()
+    assert postprocess(labels, {1: PostprocessRule()}, np.ones(3)) == {1: 0}
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_rules_resolve_names_and_indices():
+    config = InferConfig(postprocess={"Liver": {"largest_component": True}, "2": {"min_size_mm3": 10}})
+    rules = resolve_rules(config, NAMES)
+    assert rules[1].largest_component and rules[2].min_size_mm3 == 10
+    with pytest.raises(ConfigError, match="unknown label 'spleen'"):
+        resolve_rules(InferConfig(postprocess={"spleen": {}}), NAMES)
+    with pytest.raises(ConfigError, match="background"):
+        resolve_rules(InferConfig(postprocess={"0": {"largest_component": True}}), NAMES)
+
+
+def test_lesion_labels_default_to_tumor_like_names():
+    assert lesion_label_indices(InferConfig(), NAMES) == [2]
+    assert lesion_label_indices(InferConfig(lesion_labels=["liver"]), NAMES) == [1]
+
+
+def test_label_statistics_volumes_and_lesion_counts():
+    labels = _crafted()
+    stats = label_statistics(labels, NAMES, np.array([0.5, 0.5, 2.0]), lesion_labels=[2])
+    liver_voxels = int((labels == 1).sum())
+    assert stats["liver"] == {"index": 1, "voxels": liver_voxels, "volume_ml": pytest.approx(liver_voxels * 0.5 / 1000)}
+    assert stats["tumor"]["lesions"] == 3
+    assert "lesions" not in stats["liver"]
+    assert "background" not in stats
