@@ -10,7 +10,6 @@ import importlib
 import logging
 import sys
 
-import click
 import typer
 
 from medseg import __version__
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             raise
         _fail("out of memory; try a smaller batch or patch size, or --device cpu for huge volumes", 3)
-    except (click.exceptions.Exit, SystemExit):
+    except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as error:  # a bug: keep the one-line promise, point at --debug
         if _state["debug"]:
