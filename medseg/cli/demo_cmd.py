@@ -24,7 +24,6 @@ def demo(
     train. Each prints one line as it finishes, then `medseg info` of the DICOM series it wrote.
     """
     from medseg.demo import DemoSettings, run_demo
-    from medseg.io.inspect import describe_volume  # noqa: F401  (keeps the import cost inside the command)
 
     def report(name: str, summary: str, seconds: float) -> None:
         console.print(f"[bold green]✓[/] [bold]{name}[/] ({seconds:.1f} s): {summary}", highlight=False)

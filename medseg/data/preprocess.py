@@ -247,7 +247,9 @@ def preprocess_volume(
     return PreprocessedCase(image, seg, properties)
 
 
-def _inverse_transform(transform: np.ndarray) -> np.ndarray:
+def inverse_orientation(properties: dict[str, Any]) -> np.ndarray:
+    """The nibabel ornt that takes a RAS-grid array back to the raw input's stored axis order."""
+    transform = np.asarray(properties["orientation_transform"], dtype=float)
     inverse = np.zeros_like(transform)
     for source_axis, (target_axis, flip) in enumerate(transform):
         inverse[int(target_axis)] = [source_axis, flip]
@@ -256,7 +258,7 @@ def _inverse_transform(transform: np.ndarray) -> np.ndarray:
 
 def raw_affine_check(properties: dict[str, Any]) -> np.ndarray:
     """Affine of the raw grid recomputed from the RAS grid and the recorded transform (equals the original)."""
-    inverse = _inverse_transform(np.asarray(properties["orientation_transform"], dtype=float))
+    inverse = inverse_orientation(properties)
     return np.asarray(properties["ras_affine"]) @ inv_ornt_aff(inverse, properties["ras_shape"])
 
 
@@ -290,7 +292,7 @@ def invert_to_raw(array: np.ndarray, properties: dict[str, Any], kind: Kind) -> 
             canvas[0] = 1.0
         canvas[(slice(None), *region)] = back
         channels = canvas
-    inverse = _inverse_transform(np.asarray(properties["orientation_transform"], dtype=float))
+    inverse = inverse_orientation(properties)
     raw = np.stack([apply_orientation(channel, inverse) for channel in channels])
     if tuple(raw.shape[1:]) != tuple(properties["original_shape"]):
         raise ValueError(f"inverted shape {raw.shape[1:]} differs from the original {properties['original_shape']} (corrupt properties?)")

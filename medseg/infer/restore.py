@@ -27,18 +27,10 @@ import torch
 import torch.nn.functional as F
 from nibabel.orientations import apply_orientation
 
+from medseg.data.preprocess import inverse_orientation
 from medseg.io.volume import label_dtype
 
 BYTES_PER_VALUE_IN_FLIGHT = 4 + 4  # float32 class maps of the slab, plus max value and int64 index per voxel
-
-
-def inverse_orientation(properties: dict[str, Any]) -> np.ndarray:
-    """The nibabel ornt that takes the RAS array back to the input's stored axis order."""
-    transform = np.asarray(properties["orientation_transform"], dtype=float)
-    inverse = np.zeros_like(transform)
-    for source_axis, (target_axis, flip) in enumerate(transform):
-        inverse[int(target_axis)] = [source_axis, flip]
-    return inverse
 
 
 def ras_to_raw(array: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
