@@ -34,7 +34,7 @@ from medseg.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: separable-matrix image resampling (equal to ITK's to float32 rounding)
 INFO_FILE = "cache_info.json"
 PLAN_FILE = "plan.json"
 

@@ -80,6 +80,22 @@ def _grid_difference(a: Volume, b: Volume) -> str:
     return f"same shape {a.shape}, but corner voxels up to {distance:.3g} mm apart"
 
 
+def _float32_stack(views: Sequence[np.ndarray]) -> np.ndarray:
+    """``(C, X, Y, Z)`` float32 copy of reoriented views, each channel in its source's memory order.
+
+    One streaming pass per channel: NIfTI data is stored x-fastest, and forcing C order here is a
+    transposing copy (0.86 s vs 0.32 s on a 512x512x300 CT; a reoriented copy, a float32 copy and
+    ``np.stack`` took 2.7 s). Later steps accept either layout.
+    """
+    first = np.empty_like(views[0], dtype=np.float32)  # order "K": the view's axis order
+    slow_to_fast = [int(a) for a in np.argsort([-abs(s) for s in first.strides], kind="stable")]
+    buffer = np.empty((len(views), *(views[0].shape[a] for a in slow_to_fast)), dtype=np.float32)
+    image = buffer.transpose(0, *(1 + slow_to_fast.index(a) for a in range(3)))
+    for index, view in enumerate(views):
+        image[index] = view
+    return image
+
+
 def to_canonical(volumes: Volume | Sequence[Volume], label: Volume | None = None, tolerance_mm: float = GRID_TOLERANCE_MM) -> CanonicalCase:
     """Reorient channels (and label) to RAS after checking they share one grid."""
     channels = _split_channels(volumes)
@@ -87,14 +103,14 @@ def to_canonical(volumes: Volume | Sequence[Volume], label: Volume | None = None
         raise ValueError("no image volumes given")
     reference = channels[0]
     transform = ornt_transform(io_orientation(reference.affine), axcodes2ornt(tuple(CANONICAL)))
-    canonical = [volume.reoriented(CANONICAL) for volume in channels]
+    canonical = [volume.reoriented(CANONICAL, copy=False) for volume in channels]
     for volume, original in zip(canonical[1:], channels[1:]):
         if not volume.same_grid(canonical[0], tolerance_mm):
             raise InputError(_source(original), f"channel grid differs from the first channel's ({_grid_difference(volume, canonical[0])})")
-    image = np.stack([np.asarray(volume.array, dtype=np.float32) for volume in canonical])
+    image = _float32_stack([volume.array for volume in canonical])
     label_array = None
     if label is not None:
-        label_ras = label.reoriented(CANONICAL)
+        label_ras = label.reoriented(CANONICAL, copy=False)
         if not label_ras.same_grid(canonical[0], tolerance_mm):
             raise InputError(_source(label), f"label grid does not match the image grid ({_grid_difference(label_ras, canonical[0])}); run `medseg dataset check`")
         label_array = np.asarray(label_ras.array)
@@ -201,7 +217,8 @@ def preprocess_volume(
         if undeclared:
             raise InputError(_source(label), f"label values {undeclared} are not in the plan's labels {settings['labels']}")
     bbox = nonzero_bbox(case.image, case.label)
-    image = np.ascontiguousarray(crop(case.image, bbox))
+    full = all(lo == 0 and hi == n for (lo, hi), n in zip(bbox, case.image.shape[1:]))
+    image = case.image if full else crop(case.image, bbox).copy(order="K")  # normalized in place next
     seg = None if case.label is None else np.ascontiguousarray(crop(case.label, bbox))
     cropped_affine = case.affine.copy()
     cropped_affine[:3, 3] = case.affine[:3, :3] @ np.array([lo for lo, _ in bbox], dtype=float) + case.affine[:3, 3]

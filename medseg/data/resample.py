@@ -16,14 +16,26 @@ more than 3x coarser than the finest) is resampled in-plane first and along the 
 separately with order 0 (nnU-Net's rule), because interpolating across thick slices smears
 structures that are not continuous between them.
 
-Backend: SimpleITK (``sitkBSpline``, ``sitkLabelLinear``, ``sitkNearestNeighbor``), chosen by
-measurement on a 256x256x80 -> 192x192x160 float32 volume, 2 cores: B-spline 0.69 s vs
-scipy.ndimage.zoom(order=3) 1.20 s; label-linear for 4 classes 0.39 s vs 0.68 s for a
-per-class loop. The along-axis order-0 step is plain numpy indexing and therefore exact.
+Backends, each chosen by measurement (2 cores):
+
+* images and probabilities (orders 1 and 3): **separable matrices**. Both interpolations are
+  linear and separable, so resampling one axis is a product with a small ``(new, old)`` matrix:
+  cubic = B-spline evaluation times the inverse of the B-spline collocation matrix (ITK's and
+  scipy's "mirror" boundary), linear = two taps with the edge value held. One BLAS product per
+  axis, the axis that shrinks most first. The results equal SimpleITK's ``sitkBSpline`` /
+  ``sitkLinear`` to float32 rounding (1e-6 relative, tested), but a 512x512x300 CT goes to
+  3 mm in 0.25 s instead of 4.5 s, without ITK's float64 coefficient image (0.6 GB).
+* labels: SimpleITK (``sitkLabelLinear``, ``sitkNearestNeighbor``), measured on 256x256x80 ->
+  192x192x160: label-linear for 4 classes 0.39 s vs 0.68 s for a per-class loop.
+* image order 0: SimpleITK nearest neighbour.
+
+The along-axis order-0 step is plain numpy indexing and therefore exact.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Literal, Sequence
 
 import numpy as np
@@ -91,6 +103,73 @@ _INTERPOLATORS = {
     ("label_nearest", 0): sitk.sitkNearestNeighbor,
     ("label_linear", 1): sitk.sitkLabelLinear,
 }
+
+
+def _bspline3(t: np.ndarray) -> np.ndarray:
+    """The cubic B-spline kernel."""
+    t = np.abs(t)
+    return np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+
+
+def _mirror(index: np.ndarray, size: int) -> np.ndarray:
+    """Fold indices into ``[0, size)`` by mirroring about the first and last sample (no repeat)."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index > size - 1, period - index, index)
+
+
+def _source_coordinates(old: int, new: int) -> np.ndarray:
+    return (np.arange(new) + 0.5) * (old / new) - 0.5
+
+
+@functools.lru_cache(maxsize=64)
+def axis_matrix(old: int, new: int, order: int) -> np.ndarray:
+    """``(new, old)`` float32 matrix that resamples one edge-aligned axis with order 1 or 3."""
+    rows = np.arange(new)
+    coordinate = _source_coordinates(old, new)
+    matrix = np.zeros((new, old))
+    if order == 1:
+        lower, upper, weight = _axis_indices(old, new)
+        np.add.at(matrix, (rows, lower), 1 - weight)
+        np.add.at(matrix, (rows, upper), weight)
+        return matrix.astype(np.float32)
+    if order != 3:
+        raise ValueError(f"separable resampling supports orders 1 and 3, got {order}")
+    if old == 1:
+        return np.ones((new, 1), dtype=np.float32)
+    base = np.floor(coordinate).astype(int)
+    for offset in range(-1, 3):
+        np.add.at(matrix, (rows, _mirror(base + offset, old)), _bspline3(coordinate - (base + offset)))
+    # Interpolating B-spline: coefficients c solve collocation @ c = samples (mirror boundary).
+    collocation = np.zeros((old, old))
+    samples = np.arange(old)
+    for offset in (-1, 0, 1):
+        np.add.at(collocation, (samples, _mirror(samples + offset, old)), float(_bspline3(np.array(float(offset)))))
+    return np.linalg.solve(collocation.T, matrix.T).T.astype(np.float32)
+
+
+def _apply_axis(matrix: np.ndarray, array: np.ndarray, axis: int) -> np.ndarray:
+    """``matrix`` applied along ``axis`` of a C-contiguous array as BLAS products, without transposed copies."""
+    shape = array.shape
+    if axis == array.ndim - 1:
+        out = array.reshape(-1, shape[axis]) @ matrix.T
+    else:
+        out = np.matmul(matrix, array.reshape(math.prod(shape[:axis]), shape[axis], -1))
+    return out.reshape(*shape[:axis], matrix.shape[0], *shape[axis + 1 :])
+
+
+def _separable_resample(array: np.ndarray, new_shape: Sequence[int], order: int, skip_axis: int | None = None) -> np.ndarray:
+    """Float32 resampling axis by axis (``skip_axis`` keeps its length), shrinking axes first."""
+    if array.flags.f_contiguous and not array.flags.c_contiguous:  # x-fastest (NIfTI order): work on the C view
+        flipped = None if skip_axis is None else array.ndim - 1 - skip_axis
+        return np.ascontiguousarray(_separable_resample(array.T, tuple(new_shape)[::-1], order, flipped).T)
+    result = np.ascontiguousarray(array, dtype=np.float32)
+    axes = [a for a in range(array.ndim) if a != skip_axis and array.shape[a] != new_shape[a]]
+    for axis in sorted(axes, key=lambda a: new_shape[a] / array.shape[a]):
+        result = _apply_axis(axis_matrix(result.shape[axis], int(new_shape[axis]), order), result, axis)
+    return result
 
 
 def _sitk_resample(array: np.ndarray, new_shape: Sequence[int], interpolator: int) -> np.ndarray:
@@ -181,8 +260,9 @@ def resample_3d(
     interpolator = _INTERPOLATORS.get((kind, order))
     if interpolator is None:
         raise ValueError(f"unsupported order {order} for kind {kind!r} (images: 0, 1 or 3)")
+    separable = not is_label and order in (1, 3)
     if axis is None or array.shape[axis] == new_shape[axis]:
-        return _sitk_resample(array, new_shape, interpolator)
+        return _separable_resample(array, new_shape, order) if separable else _sitk_resample(array, new_shape, interpolator)
     along_order = 0 if is_label else out_of_plane_order
     # The two steps commute (in-plane interpolation acts slice by slice), so shrink first: less work.
     shrink_first = new_shape[axis] < array.shape[axis]
@@ -190,7 +270,10 @@ def resample_3d(
     in_plane = list(new_shape)
     in_plane[axis] = result.shape[axis]
     if tuple(in_plane) != tuple(result.shape):
-        result = _sitk_resample_slices(result, axis, in_plane, interpolator)
+        if separable:
+            result = _separable_resample(result, in_plane, order, skip_axis=axis)
+        else:
+            result = _sitk_resample_slices(result, axis, in_plane, interpolator)
     if not shrink_first:
         result = _resample_axis(result, axis, new_shape[axis], along_order)
     return result if is_label else result.astype(np.float32, copy=False)

@@ -174,6 +174,7 @@ def bench_infer(
     sw_batch_size: int = 1,
     amp: str = "off",
     image_order: int = 3,
+    compile_mode: str = "auto",
     work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Time medseg and MONAI on each input, each run in its own process, alternating ``repeats`` times.
@@ -200,6 +201,7 @@ def bench_infer(
             for case in cases:
                 source = read_volume(case)
                 row: dict[str, Any] = {"input": case.name, "classes": count, "image_order": None if model else image_order, "amp": amp,
+                                       "compile": compile_mode,
                                        "shape": list(source.shape),
                                        "spacing_mm": [round(float(s), 4) for s in source.spacing], "orientation": source.orientation,
                                        "load_average_before": _load_average()}
@@ -208,7 +210,7 @@ def bench_infer(
                 for repeat in range(repeats):
                     for pipeline in ("medseg", "monai") if repeat % 2 == 0 else ("monai", "medseg"):
                         spec = {"model": str(model_path), "input": str(case), "out_dir": str(work / f"{pipeline}_{count}_{safe_name(case.name)}"),
-                                "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size, "amp": amp}
+                                "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size, "amp": amp, "compile": compile_mode}
                         log.info("benchmark: %s on %s (%s classes), run %d/%d", pipeline, case.name, count, repeat + 1, repeats)
                         runs[pipeline].append(_run(pipeline, spec, work))
                 row.update({pipeline: _summarise(results) for pipeline, results in runs.items()})
@@ -249,7 +251,7 @@ def write_report(result: dict[str, Any], out_json: Path) -> tuple[Path, Path]:
 
 def _variant(row: dict[str, Any]) -> str:
     order = {None: "model's plan", 1: "linear", 3: "cubic"}.get(row.get("image_order"), f"order {row.get('image_order')}")
-    return f"{row['classes'] or '-'} | {order} | {row.get('amp', 'off')}"
+    return f"{row['classes'] or '-'} | {order} | {row.get('amp', 'off')} | {row.get('compile', 'auto')}"
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -262,18 +264,18 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"blending, sw_batch_size {settings['sw_batch_size']}, no TTA, the same torch threads; each run in its own process; "
              f"best of {settings['repeats']} alternating run(s) per pipeline (peak RSS: the largest).", "",
              "Columns: classes of the network (incl. background); the plan's image interpolation for medseg's preprocessing "
-             "(MONAI always uses Spacingd bilinear); AMP for both networks.", "",
-             "| input | classes | medseg interp. | AMP | pipeline | seconds (best) | all runs | peak RSS MB | stages of the best run (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(MONAI always uses Spacingd bilinear); AMP for both networks; medseg's `infer.compile` (MONAI runs eager).", "",
+             "| input | classes | medseg interp. | AMP | compile | pipeline | seconds (best) | all runs | peak RSS MB | stages of the best run (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
         for pipeline in ("medseg", "monai"):
             data = row[pipeline]
             stages = ", ".join(f"{k} {v:.1f}" for k, v in data["stages_s"].items())
             lines.append(f"| {row['input']} {'x'.join(map(str, row['shape']))} | {_variant(row)} | {pipeline} | {data['seconds']:.1f} | "
                          f"{', '.join(f'{v:.1f}' for v in data['seconds_all'])} | {data['peak_rss_mb']:.0f} | {stages} |")
-    lines += ["", "| input | classes | medseg interp. | AMP | MONAI time / medseg time (goal >= 2) | medseg RAM / MONAI RAM (goal <= 0.5) | "
+    lines += ["", "| input | classes | medseg interp. | AMP | compile | MONAI time / medseg time (goal >= 2) | medseg RAM / MONAI RAM (goal <= 0.5) | "
               "seconds outside the network: medseg / MONAI | largest medseg stage outside the network | mask agreement (mean Dice) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
         stages = {k: v for k, v in row["medseg"]["stages_s"].items() if k != "predict"}
         largest = max(stages, key=stages.get)

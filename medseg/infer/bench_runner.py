@@ -42,7 +42,7 @@ def run_medseg(spec: dict[str, Any]) -> dict[str, Any]:
     from medseg.infer import InferConfig, Segmenter, infer
 
     config = InferConfig(device=spec["device"], overlap=spec["overlap"], sw_batch_size=spec["sw_batch_size"], tta=False,
-                         prefetch=False, amp=spec.get("amp", "auto"))
+                         prefetch=False, amp=spec.get("amp", "auto"), compile=spec.get("compile", "auto"))
     baseline = _rss_mb()
     start = time.perf_counter()
     segmenter = Segmenter(spec["model"], config)

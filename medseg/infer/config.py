@@ -50,6 +50,15 @@ class InferConfig(Section):
         "auto", description="mixed precision: auto = bf16/fp16 on CUDA, off on CPU; bf16 on CPU is ~1.8x faster on CPUs with AVX512-BF16/AMX but not bit-identical"
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None = all cores")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the network with frozen weights: on CPU ~1.9x faster per window after a one-off compile "
+        "of ~18 s (~5 s with a warm on-disk cache); auto = on CPU when the run holds at least compile_min_windows windows",
+    )
+    compile_min_windows: int = Field(
+        80, ge=1, description="auto compile threshold, in 96^3-window equivalents over all cases, folds and TTA passes "
+        "(80 x 0.3 s saved > 18 s compile)",
+    )
     postprocess: dict[str, PostprocessRule] = Field(default_factory=dict, description="per-label cleanup rules, keyed by label name or index")
     connectivity: Literal[6, 18, 26] = Field(26, description="voxel connectivity of connected components (postprocessing and lesion counts)")
     lesion_labels: list[str] | None = Field(

@@ -17,10 +17,11 @@ Python use (notebooks)::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from medseg import __version__
 from medseg.data.parallel import describe_error
 from medseg.data.preprocess import preprocess_volume
 from medseg.errors import InputError, MedsegError
+from medseg.infer.compiled import CompiledNetwork, should_compile
 from medseg.infer.config import InferConfig
 from medseg.infer.inputs import CaseSource, discover_cases, read_case
 from medseg.infer.model import LoadedModel, load_model
@@ -116,6 +118,21 @@ class Segmenter:
         self.rules = resolve_rules(self.config, self.model.labels)
         self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
         self.mirrors = mirror_sets(self.config.tta_axes, self.model.spatial_dims, self.runtime.tta)
+        self.expected_cases = 1  # infer() sets the batch size; it decides whether compiling pays
+        self._compute_model: LoadedModel | None = None
+
+    def compute_model(self, preprocessed_shape: Sequence[int]) -> LoadedModel:
+        """The model windows run through: compiled (``infer.compile``) or as loaded. Decided once."""
+        if self._compute_model is None:
+            windows = count_windows(tuple(preprocessed_shape), self.model.patch_size, self.config.overlap)
+            passes = len(self.mirrors) * len(self.model.networks) * self.expected_cases
+            equivalents = windows * passes * math.prod(self.model.patch_size) / 96**3
+            self._compute_model = self.model
+            if should_compile(self.config.compile, self.runtime.device, equivalents, self.config.compile_min_windows):
+                log.info("compiling: about %.0f window(s) of 96^3 ahead (infer.compile=%s)", equivalents, self.config.compile)
+                networks = [CompiledNetwork(network, self.runtime.sw_batch_size) for network in self.model.networks]
+                self._compute_model = replace(self.model, networks=networks)
+        return self._compute_model
 
     # --- one case -----------------------------------------------------------------------------
     def read(self, case: CaseSource, series: str | None = None) -> list[Volume]:
@@ -147,7 +164,8 @@ class Segmenter:
     def _predict_prepared(self, prepared: PreparedCase, on_windows: Callable[[int], None] | None) -> CasePrediction:
         timings = dict(prepared.timings)
         start = time.perf_counter()
-        probabilities = predict_probabilities(self.model, prepared.image, self.config, self.runtime, on_windows)
+        model = self.compute_model(prepared.image.shape[1:])
+        probabilities = predict_probabilities(model, prepared.image, self.config, self.runtime, on_windows)
         shape = list(prepared.image.shape[1:])
         prepared.image = np.empty((0,), dtype=np.float32)  # the preprocessed image is no longer needed
         if self.runtime.device.type == "cuda":
@@ -226,6 +244,7 @@ def infer(
     (out.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     report = InferReport()
     cases = discovery.cases
+    segmenter.expected_cases = max(len(cases), 1)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch") as pool, InferProgress(progress, len(cases)) as bar:
         submit = (lambda case: pool.submit(_load, segmenter, case, series)) if segmenter.config.prefetch else None
         upcoming: Future | None = submit(cases[0]) if submit and cases else None

@@ -86,10 +86,11 @@ class Volume:
             )
         )
 
-    def reoriented(self, axcodes: str = "RAS") -> Volume:
+    def reoriented(self, axcodes: str = "RAS", copy: bool = True) -> Volume:
         """Permute/flip the array axes (no interpolation) so that they point along ``axcodes``.
 
         World coordinates of every voxel are unchanged; only the index order changes.
+        ``copy=False`` returns a strided view, for callers that copy anyway (saves one full pass).
         """
         current = io_orientation(self.affine)
         target = axcodes2ornt(tuple(axcodes))
@@ -99,7 +100,7 @@ class Volume:
         array = apply_orientation(self.array, transform)
         affine = self.affine @ inv_ornt_aff(transform, self.shape)
         meta = {key: value for key, value in self.meta.items() if not key.startswith("nifti_")}
-        return Volume(np.ascontiguousarray(array), affine, self.role, meta)
+        return Volume(np.ascontiguousarray(array) if copy else array, affine, self.role, meta)
 
 
 def label_dtype(max_label: int) -> np.dtype:
