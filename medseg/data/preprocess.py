@@ -81,7 +81,7 @@ def _grid_difference(a: Volume, b: Volume) -> str:
 
 
 def _float32_stack(views: Sequence[np.ndarray]) -> np.ndarray:
-    """``(C, X, Y, Z)`` float32 copy of reoriented views, each channel in its source's memory order.
+    """``(C, X, Y, Z)`` float32 copy of reoriented views, every channel in the first view's memory order.
 
     One streaming pass per channel: NIfTI data is stored x-fastest, and forcing C order here is a
     transposing copy (0.86 s vs 0.32 s on a 512x512x300 CT; a reoriented copy, a float32 copy and

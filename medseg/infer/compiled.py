@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,14 @@ class CompiledNetwork(nn.Module):
             batch = torch.cat([batch, batch.new_zeros((self.batch_size - count, *batch.shape[1:]))])
         try:
             if self.compiled is None:
-                import torch._inductor.config as inductor_config
-
-                inductor_config.freezing = True  # weights as constants: prepacked oneDNN convolutions
                 self.compiled = torch.compile(self.network, dynamic=False)
                 log.info("compiling the network with torch.compile (one-off; cached on disk for later runs)")
-            output = self.compiled(batch)
+            # freezing: weights as constants, so oneDNN convolution weights are prepacked once. Patched
+            # around the call (compilation happens inside it), never set globally: a later
+            # torch.compile for training must not freeze weights. (options={"freezing": True} in
+            # torch.compile was measured to have no effect in torch 2.13.)
+            with inductor_config.patch(freezing=True):
+                output = self.compiled(batch)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eager
             self.failed = True
             log.warning("torch.compile failed (%s: %s); running the network uncompiled", type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")

@@ -128,7 +128,9 @@ class Segmenter:
             passes = len(self.mirrors) * len(self.model.networks) * self.expected_cases
             equivalents = windows * passes * math.prod(self.model.patch_size) / 96**3
             self._compute_model = self.model
-            if should_compile(self.config.compile, self.runtime.device, equivalents, self.config.compile_min_windows):
+            # Every fold network is compiled on its own: the threshold grows with their number.
+            threshold = self.config.compile_min_windows * len(self.model.networks)
+            if should_compile(self.config.compile, self.runtime.device, equivalents, threshold):
                 log.info("compiling: about %.0f window(s) of 96^3 ahead (infer.compile=%s)", equivalents, self.config.compile)
                 networks = [CompiledNetwork(network, self.runtime.sw_batch_size) for network in self.model.networks]
                 self._compute_model = replace(self.model, networks=networks)

@@ -52,3 +52,16 @@ def test_compiled_network_gives_the_eager_mask(trained):
     eager = Segmenter(trained["run"], InferConfig(threads=1, compile="off", sw_batch_size=3)).predict(image)
     compiled = Segmenter(trained["run"], InferConfig(threads=1, compile="on", sw_batch_size=3)).predict(image)
     assert np.mean(eager.labels == compiled.labels) > 0.999
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.freezing is False  # frozen weights only inside medseg's own compiled calls
+
+
+def test_yaml_on_off_are_accepted(tmp_path):
+    from medseg.infer import load_infer_config
+
+    assert load_infer_config(None, ["infer.compile=on"]).compile == "on"
+    assert load_infer_config(None, ["infer.compile=off"]).compile == "off"
+    path = tmp_path / "infer.yaml"
+    path.write_text("infer:\n  compile: on\n")
+    assert load_infer_config(path).compile == "on"
