@@ -14,7 +14,7 @@ from medseg.logging_setup import console
 def demo(
     out: Path = typer.Option(Path("medseg_demo"), "--out", "-o", help="Folder for everything the demo writes (safe to delete)."),
     cases: int = typer.Option(10, min=3, help="Synthetic training cases to generate."),
-    test_cases: int = typer.Option(2, min=1, help="Held-back synthetic cases used for inference at the end."),
+    test_cases: int = typer.Option(4, min=1, help="Held-back synthetic cases used for inference at the end."),
     seed: int = typer.Option(0, help="Seed of the synthetic data; the same seed gives the same data."),
     train_minutes: Optional[float] = typer.Option(None, "--train-minutes", help="Cap training time (minutes) [default: the epochs in configs/synthetic.yaml]."),
 ) -> None:
