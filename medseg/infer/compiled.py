@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,8 @@ class CompiledNetwork(nn.Module):
         if count < self.batch_size:  # one graph for every call: pad the last, shorter batch
             batch = torch.cat([batch, batch.new_zeros((self.batch_size - count, *batch.shape[1:]))])
         try:
+            import torch._inductor.config as inductor_config  # 1.3 s to import: only when compiling is asked for
+
             if self.compiled is None:
                 self.compiled = torch.compile(self.network, dynamic=False)
                 log.info("compiling the network with torch.compile (one-off; cached on disk for later runs)")
