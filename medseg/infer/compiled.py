@@ -22,11 +22,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-#: Measured seconds saved per 96^3-window-equivalent on CPU (0.69 - 0.37 s), and cold compile cost.
-CPU_SAVING_PER_WINDOW_S = 0.3
-CPU_COMPILE_COST_S = 18.0
-
-
 def should_compile(setting: str, device: torch.device, windows: float, min_windows: int) -> bool:
     """``on``/``off`` as given; ``auto``: CPU runs with at least ``min_windows`` network calls ahead."""
     if setting == "on":

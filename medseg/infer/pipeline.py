@@ -136,6 +136,12 @@ class Segmenter:
                 self._compute_model = replace(self.model, networks=networks)
         return self._compute_model
 
+    @property
+    def compiled(self) -> bool:
+        """True when windows run through a compiled network (decided, and compiling did not fail)."""
+        networks = self._compute_model.networks if self._compute_model is not None else []
+        return any(isinstance(network, CompiledNetwork) and not network.failed for network in networks)
+
     # --- one case -----------------------------------------------------------------------------
     def read(self, case: CaseSource, series: str | None = None) -> list[Volume]:
         return read_case(case, self.model.in_channels, self.model.spatial_dims, series)
@@ -195,7 +201,7 @@ class Segmenter:
             "case": prediction.name,
             "medseg_version": __version__,
             "model": self.model.model_id(),
-            "settings": {**self.runtime.describe(), "overlap": self.config.overlap, "blending": "gaussian",
+            "settings": {**self.runtime.describe(), "compiled": self.compiled, "overlap": self.config.overlap, "blending": "gaussian",
                          "tta_passes": len(self.mirrors), "folds": len(self.model.networks),
                          "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}},
             "input": {"format": reference.meta.get("format"), "shape": list(reference.shape),

@@ -25,6 +25,7 @@ def test_segmenter_decides_from_the_work_ahead(trained):
     segmenter = Segmenter(trained["run"], InferConfig(threads=1, compile_min_windows=10**6))
     prepared = segmenter.prepare(image)
     assert segmenter.compute_model(prepared.image.shape[1:]) is segmenter.model  # a handful of windows: eager
+    assert not segmenter.compiled
     many = Segmenter(trained["run"], InferConfig(threads=1, compile_min_windows=1))
     many.expected_cases = 10**6  # a huge batch of such cases
     assert all(isinstance(n, CompiledNetwork) for n in many.compute_model(prepared.image.shape[1:]).networks)
@@ -50,8 +51,10 @@ def test_compiled_network_gives_the_eager_mask(trained):
     # Slow: the first compile takes ~15-30 s on 2 cores (inductor generates and builds C++).
     image = read_volume(sorted((trained["dataset"] / "imagesTs").glob("*.nii.gz"))[0])
     eager = Segmenter(trained["run"], InferConfig(threads=1, compile="off", sw_batch_size=3)).predict(image)
-    compiled = Segmenter(trained["run"], InferConfig(threads=1, compile="on", sw_batch_size=3)).predict(image)
+    compiled_segmenter = Segmenter(trained["run"], InferConfig(threads=1, compile="on", sw_batch_size=3))
+    compiled = compiled_segmenter.predict(image)
     assert np.mean(eager.labels == compiled.labels) > 0.999
+    assert compiled_segmenter.compiled and compiled_segmenter.sidecar(compiled)["settings"]["compiled"] is True
     import torch._inductor.config as inductor_config
 
     assert inductor_config.freezing is False  # frozen weights only inside medseg's own compiled calls
