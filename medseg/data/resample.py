@@ -123,6 +123,7 @@ def _mirror(index: np.ndarray, size: int) -> np.ndarray:
 
 
 def _source_coordinates(old: int, new: int) -> np.ndarray:
+    """Input coordinate of each output voxel centre on an edge-aligned grid (the field of view is kept)."""
     return (np.arange(new) + 0.5) * (old / new) - 0.5
 
 
@@ -202,8 +203,7 @@ def _sitk_resample_slices(array: np.ndarray, axis: int, new_shape: Sequence[int]
 
 def _axis_indices(old: int, new: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source coordinates of an edge-aligned 1D resampling: lower index, upper index, weight of upper."""
-    coordinate = (np.arange(new) + 0.5) * (old / new) - 0.5
-    coordinate = np.clip(coordinate, 0, old - 1)
+    coordinate = np.clip(_source_coordinates(old, new), 0, old - 1)
     lower = np.floor(coordinate).astype(int)
     upper = np.minimum(lower + 1, old - 1)
     return lower, upper, coordinate - lower
@@ -215,8 +215,7 @@ def _resample_axis(array: np.ndarray, axis: int, new_length: int, order: int) ->
     if old == new_length:
         return array
     if order == 0:
-        coordinate = (np.arange(new_length) + 0.5) * (old / new_length) - 0.5
-        index = np.clip(np.floor(coordinate + 0.5).astype(int), 0, old - 1)  # ties go up, like ITK
+        index = np.clip(np.floor(_source_coordinates(old, new_length) + 0.5).astype(int), 0, old - 1)  # ties go up, like ITK
         return np.take(array, index, axis=axis)
     if order != 1:
         raise ValueError(f"out-of-plane order must be 0 or 1, got {order}")

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medseg.errors import ConfigError
 from medseg.infer.outputs import safe_name
 from medseg.io import Volume, read_volume, write_volume
 from medseg.io.atomic import atomic_path
@@ -185,6 +186,13 @@ def bench_infer(
     networks under bfloat16 autocast. Writes JSON and a markdown table beside it when ``out_json``
     is given.
     """
+    checks = {"amp": (amp, ("off", "bf16")), "image_order": (image_order, (1, 3)), "compile": (compile_mode, ("auto", "on", "off"))}
+    for name, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise ConfigError(f"bench infer: {name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    if not inputs and not synthetic and not EXAMPLE_CT.is_file():
+        raise ConfigError(f"bench infer: nothing to time: {EXAMPLE_CT} is not there (run from the repository root, or give --input) "
+                          "and --no-synthetic was given")
     class_counts = [classes] if isinstance(classes, int) else list(classes)
     with tempfile.TemporaryDirectory(prefix="medseg_bench_infer_") as temporary:
         work = Path(work_dir or temporary)

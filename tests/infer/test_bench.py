@@ -26,3 +26,15 @@ def test_bench_infer_writes_json_and_markdown(tmp_path):
     assert row["medseg"]["seconds"] > 0 and row["monai"]["peak_rss_mb"] > 0 and row["agreement_dice"] >= 0
     assert json.loads(out.read_text())["cases"][-1]["input"] == row["input"]
     assert "MONAI time / medseg time" in out.with_suffix(".md").read_text()
+
+
+def test_bench_infer_refuses_bad_settings_and_nothing_to_time(tmp_path, monkeypatch):
+    from medseg.errors import ConfigError
+    from medseg.infer import bench
+
+    with pytest.raises(ConfigError, match="amp must be one of off, bf16"):
+        bench.bench_infer(amp="fp8", synthetic=False, out_json=tmp_path / "out.json")
+    monkeypatch.setattr(bench, "EXAMPLE_CT", tmp_path / "missing.nii.gz")
+    with pytest.raises(ConfigError, match="nothing to time"):
+        bench.bench_infer(synthetic=False, out_json=tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()
