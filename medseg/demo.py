@@ -79,13 +79,15 @@ def stage_io_round_trip(state: DemoState) -> str:
 
 def _demo_config(state: DemoState):
     """configs/synthetic.yaml (sized for a CPU), with the demo's own folders."""
-    from medseg.run_config import load_run_config
+    from medseg.config.loader import load_config
 
-    config_path = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+    from medseg.data.recipes import packaged_folder
+
+    config_path = packaged_folder("medseg.configs") / "synthetic.yaml"
     if not config_path.is_file():
-        raise MedsegError(f"{config_path}: demo config not found; run the demo from a medseg checkout (pip install -e .)")
+        raise MedsegError(f"{config_path}: demo config not found; reinstall medseg (pip install -e .)")
     out = state.settings.out_dir
-    config = load_run_config(config_path, [f"work_dir={out / 'work'}", f"run_dir={out / 'run'}"])
+    config = load_config(config_path, [f"work_dir={out / 'work'}", f"run_dir={out / 'run'}"])
     config.dataset = str(state.dataset_dir)
     if state.settings.train_minutes:
         config.train.max_minutes = state.settings.train_minutes
@@ -107,8 +109,9 @@ def stage_plan(state: DemoState) -> str:
     state.config = _demo_config(state)
     plan = plan_dataset(state.dataset_dir, state.config, Path(state.config.work_dir) / "plans.json", workers=state.config.preprocess.workers, progress=False)
     state.plan = plan
-    chosen = plan["configurations"]["3d"]
-    return f"spacing {[round(v, 2) for v in plan['target_spacing']]} mm, CT clip {plan['preprocessing']['normalization'][0].get('clip')}, planned 3D patch {chosen['patch_size']} (demo trains {state.config.train.patch_size})"
+    chosen = plan.configuration(state.config.train.configuration)
+    return (f"{chosen.name} ('3d' on this {plan.planned_for.kind if plan.planned_for else 'machine'}): grid {[round(v, 2) for v in chosen.grid_spacing()]} mm, "
+            f"patch {chosen.patch_size}, batch {chosen.batch_size}, features {chosen.features_per_stage}; CT clip {plan.preprocessing.normalization[0].clip}")
 
 
 def stage_preprocess(state: DemoState) -> str:
@@ -124,7 +127,7 @@ def stage_train(state: DemoState) -> str:
     result = train(state.config, folds=[0], progress=True)[0]
     state.run_dir = result.run_dir
     dice = result.last_validation["dice"] if result.last_validation else {}
-    labels = {int(k): v for k, v in state.plan["labels"].items()}
+    labels = state.plan.labels
     scores = ", ".join(f"{labels[k]} {v:.3f}" for k, v in dice.items())
     return f"{result.iterations_done} iterations in {result.epochs_done} epochs; validation Dice {scores}; curves in {result.run_dir / 'training_curves.png'}"
 

@@ -22,7 +22,7 @@ def synth(
     cases: int = typer.Option(8, "--cases", "-n", help="Training cases (labelled)."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same voxels."),
     test_cases: int = typer.Option(0, "--test-cases", help="Extra held-out cases in imagesTs/ (their labels go to labelsTs/)."),
-    settings: Optional[list[str]] = typer.Option(None, "--set", help="Generator setting, e.g. --set fov_mm=[128,128,96] --set bias_hu=0 (see medseg.data.synthetic.SynthConfig)."),
+    settings: Optional[list[str]] = typer.Option(None, "--set", help="Generator setting, e.g. --set synth.fov_mm=[128,128,96] --set synth.bias_hu=0 (see medseg.data.synthetic.SynthConfig)."),
 ) -> None:
     """Write a synthetic CT liver-tumor dataset in the MSD layout (labels 0 background, 1 liver, 2 tumor).
 
@@ -31,12 +31,12 @@ def synth(
     Examples:
       medseg data synth synth_ds
       medseg data synth synth_ds --cases 20 --test-cases 5 --seed 1
-      medseg data synth small_ds --set fov_mm=[128,128,96]
+      medseg data synth small_ds --set synth.fov_mm=[128,128,96]
     """
-    from medseg.config import load
-    from medseg.data.synthetic import SynthConfig, make_synthetic_dataset
+    from medseg.config.loader import load_config
+    from medseg.data.synthetic import make_synthetic_dataset
 
-    config = load(SynthConfig, None, list(settings or []))
+    config = load_config(None, list(settings or [])).synth
     folder = make_synthetic_dataset(out, cases=cases, seed=seed, test_cases=test_cases, config=config, progress=True)
     console.print(f"wrote {cases} training + {test_cases} test cases to {folder}  (next: medseg dataset check {folder})")
 

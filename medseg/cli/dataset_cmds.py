@@ -22,10 +22,10 @@ SET_HELP = "Override one config value, e.g. --set plan.target_spacing=[1,1,3] (r
 
 
 def _load_config(config: Optional[Path], overrides: Optional[list[str]]):
-    from medseg.run_config import load_run_config
+    from medseg.config.loader import load_config
 
     # The full run config, so one YAML serves plan, preprocess and train alike.
-    return load_run_config(config, list(overrides or []))
+    return load_config(config, list(overrides or []))
 
 
 @dataset_app.command("check")
@@ -68,18 +68,24 @@ def plan(
     directory: Path = typer.Argument(..., help=DIR_HELP),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-    gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="GPU memory budget for patch and batch size [default: 8, or plan.gpu_memory_gb]."),
+    device: Optional[str] = typer.Option(None, "--device", help="Machine to plan for: auto (this one: its GPU, else its CPU), cpu, cuda, "
+                                         "or a preset (gpu-8gb, rtx4090, a100-40gb, a100, h100, h200, laptop, cpu-2core) [default: plan.device = auto]."),
+    gpu_memory_gb: Optional[float] = typer.Option(None, "--gpu-memory-gb", help="GPU memory budget for patch and batch size [default: the GPU's, detected or from the preset]."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Plan file to write [default: medseg_work/<dataset>/plans.json]; fingerprint.json goes beside it."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes for the fingerprint [default: preprocess.workers = 2]."),
 ) -> None:
     """Fingerprint a dataset and choose spacing, normalization, patch/batch size and network shape.
 
-    Every choice is written with its reason to a human-readable JSON plan; edit it or override
-    from a config. The fingerprint is reused while the dataset files are unchanged.
+    The plan is sized for a machine: on a GPU, patch and batch fill its memory (nnU-Net's rule);
+    on a CPU, a narrower network and a per-step voxel budget buy more training steps, and large
+    cases get a coarser 3d_lowres grid that `3d` then names. Every choice is written with its
+    reason to a human-readable JSON plan; edit it or override from a config. The fingerprint is
+    reused while the dataset files are unchanged.
 
     Examples:
       medseg plan data/Task04_Hippocampus
-      medseg plan data/liver --gpu-memory-gb 24 -o liver_plans.json
+      medseg plan data/liver --device h100 -o liver_plans_h100.json     (plan here, train there)
+      medseg plan data/liver --gpu-memory-gb 24
       medseg plan data/liver --set plan.target_spacing=[0.8,0.8,2.5]
     """
     from medseg.data.config import default_work_dir
@@ -87,6 +93,8 @@ def plan(
     from medseg.data.plan import plan_dataset
 
     overrides = list(overrides or [])
+    if device is not None:
+        overrides.append(f"plan.device={device}")
     if gpu_memory_gb is not None:
         overrides.append(f"plan.gpu_memory_gb={gpu_memory_gb}")
     settings = _load_config(config, overrides)
@@ -96,22 +104,29 @@ def plan(
     console.print(f"wrote {output}")
 
 
-def print_plan(plan: dict) -> None:
-    table = Table(title=f"plan for {plan['dataset']} ({plan['fingerprint_summary']['num_cases']} cases)", show_header=False)
-    table.add_column("choice", style="bold")
+def print_plan(plan) -> None:
+    """Every choice of a :class:`~medseg.schema.Plan` with its reason."""
+    table = Table(title=f"plan for {plan.dataset} ({plan.fingerprint_summary.get('num_cases', '?')} cases)", show_header=False)
+    table.add_column("choice", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
-    table.add_row("target spacing", f"{[round(s, 3) for s in plan['target_spacing']]} mm: {plan['target_spacing_reason']}")
-    for entry in plan["preprocessing"]["normalization"]:
-        table.add_row(f"channel {entry['channel']} ({entry['name']})", f"{entry['scheme']}: {entry['reason']}")
-    resampling = plan["preprocessing"]["resampling"]
-    table.add_row("resampling", f"image order {resampling['image_order']}, labels {resampling['label']}")
-    for name, conf in plan["configurations"].items():
-        table.add_row(
-            f"{name} network",
-            f"patch {conf['patch_size']}, batch {conf['batch_size']}, {conf['n_stages']} stages, "
-            f"strides {conf['strides'][1:]}, ~{conf['estimated_memory_gb']} GB",
-        )
-    table.add_row("preprocessing hash", plan["preprocessing_hash"])
+    if plan.planned_for is not None:
+        device = plan.planned_for
+        memory = f"{device.memory_gb:g} GB {'GPU memory' if device.kind == 'cuda' else 'RAM'}"
+        table.add_row("planned for", f"{device.kind}: {device.name} ({memory}, {device.cores} cores; {device.source})")
+    table.add_row("target spacing", f"{[round(s, 3) for s in plan.target_spacing]} mm: {plan.target_spacing_reason}")
+    for entry in plan.preprocessing.normalization:
+        table.add_row(f"channel {entry.channel} ({entry.name})", f"{entry.scheme}: {entry.reason}")
+    resampling = plan.preprocessing.resampling
+    table.add_row("resampling", f"image order {resampling.image_order}, labels {resampling.label}")
+    for name, conf in plan.configurations.items():
+        grid = "" if conf.target_spacing == plan.target_spacing else f" on a {[round(s, 2) for s in conf.target_spacing]} mm grid"
+        strides = conf.strides[1:] if conf.strides else "derived"
+        table.add_row(f"{name} network", f"patch {conf.patch_size}{grid}, batch {conf.batch_size}, {conf.n_stages} stages, "
+                      f"features {conf.features_per_stage}, strides {strides}; {conf.patch_reason}; {conf.batch_reason}"
+                      + (f"; {conf.spacing_reason}" if conf.spacing_reason else ""))
+    for alias, target in plan.aliases.items():
+        table.add_row(f"'{alias}' means", f"{target}: {plan.alias_reasons.get(alias, '')}")
+    table.add_row("preprocessing identity", plan.preprocessing_hash)
     console.print(table)
 
 
@@ -119,7 +134,8 @@ def preprocess(
     directory: Path = typer.Argument(..., help=DIR_HELP),
     plan_path: Optional[Path] = typer.Option(None, "--plan", "-p", help="Plan from `medseg plan` [default: medseg_work/<dataset>/plans.json, created if missing]."),
     workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Worker processes [default: preprocess.workers = 2]."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder [default: medseg_work/<dataset>/preprocessed]."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder [default: medseg_work/<dataset>/preprocessed, or preprocessed_<spacing>mm for another grid]."),
+    configuration: str = typer.Option("3d", "--configuration", help="Whose grid to cache: 3d (the plan's default 3D), 3d_fullres, 3d_lowres or 2d."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP + " Used only when the plan has to be created."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
@@ -148,7 +164,8 @@ def preprocess(
         current = load_plan(plan_path or work / "plans.json")
         if config is not None or overrides:
             console.print("[yellow]note[/]: --config/--set only apply when a plan is created; edit the plan or re-run `medseg plan` to change it")
-    report = preprocess_dataset(description, current, cache or work / "preprocessed", workers=workers)
+    name = current.resolve(configuration)
+    report = preprocess_dataset(description, current, cache or work / current.cache_name(name), configuration=name, workers=workers)
     if report.invalidated:
         console.print(f"[yellow]recomputed all cases[/]: {report.invalidated}")
     console.print(f"{report.cache_dir}: {len(report.processed)} preprocessed, {len(report.skipped)} already done, {len(report.failed)} failed")

@@ -16,18 +16,18 @@ LABELS_HELP = (
 )
 TASK_HELP = "For label_map.json files holding several tasks (e.g. TotalSegmentator's 'total', 'total_mr'): which one."
 LESION_HELP = "Label (name or index) to also evaluate lesion by lesion; repeat for several. Example: --lesion-labels tumor"
-SET_HELP = "Override any evaluation setting, e.g. --set lesion_match_dilation_voxels=3 --set bootstrap_samples=2000 (see medseg.metrics.config)."
+SET_HELP = ("Override any evaluation setting, e.g. --set evaluate.lesion_match_dilation_voxels=3 --set evaluate.bootstrap_samples=2000 "
+            "(see medseg.metrics.config). Defaults: the settings `medseg infer` saved beside the predictions (config.yaml), then --config.")
 
 
-def _config(config_file: Optional[Path], overrides: list[str]):
-    """EvaluateConfig from a YAML file (its keys at top level, or under an ``evaluate:`` section) and --set."""
-    from medseg.config import build, deep_merge, parse_overrides, read_yaml
-    from medseg.metrics.config import EvaluateConfig
+def _config(config_file: Optional[Path], overrides: list[str], pred: Path):
+    """The run config for evaluation: the settings `medseg infer` saved beside the predictions, then
+    ``--config`` (any medseg config), then ``--set evaluate.key=value``."""
+    from medseg.config.loader import load_config, read_yaml
 
-    data = read_yaml(config_file) if config_file else {}
-    if isinstance(data.get("evaluate"), dict):
-        data = data["evaluate"]
-    return build(EvaluateConfig, deep_merge(data, parse_overrides(overrides)), source=str(config_file or "--set"))
+    saved = pred / "config.yaml" if pred.is_dir() else None
+    base = read_yaml(saved) if saved is not None and saved.is_file() else {}
+    return load_config(config_file, overrides, base={key: base[key] for key in ("evaluate", "report") if isinstance(base.get(key), dict)})
 
 
 def _tolerances(values: list[str]) -> float | dict[str, float] | None:
@@ -54,7 +54,7 @@ def evaluate(
     label_task: Optional[str] = typer.Option(None, "--label-task", help=TASK_HELP),
     lesion_labels: list[str] = typer.Option([], "--lesion-labels", help=LESION_HELP),
     tolerance: list[str] = typer.Option([], "--tolerance", "-t", help="NSD tolerance in mm: one value for all labels (default 1), or LABEL=MM per label; repeatable."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file with evaluation settings (keys of EvaluateConfig, at top level or under 'evaluate:')."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML or run folder; its evaluate: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Dice, IoU, HD95, ASSD, NSD, volumes and lesion detection of predictions against references.
@@ -67,10 +67,12 @@ def evaluate(
       medseg evaluate -p pred.nii.gz -g seg.nii.gz -l label_map.json --label-task total -o eval/
       medseg evaluate -p preds/ -g gts/ --lesion-labels tumor --tolerance 2 --tolerance liver=3 -o eval/
     """
+    from medseg.config.loader import save_resolved
     from medseg.metrics.evaluate import evaluate as run_evaluation
 
-    config = _config(config_file, overrides)
-    result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, config, label_task)
+    settings = _config(config_file, overrides, pred)
+    result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, settings.evaluate, label_task)
+    save_resolved(settings, out / "config.yaml")  # `medseg report` starts from these settings
     _print_summary(result.summary)
     console.print(f"wrote {', '.join(str(path) for path in result.files)}")
 
@@ -141,27 +143,3 @@ def stats(
 def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(stats)
-
-
-def bench_evaluate_command(
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the timings as JSON here."),
-    repeats: int = typer.Option(3, help="Runs to time; the best is reported."),
-    with_io: bool = typer.Option(True, "--with-io/--no-io", help="Also time the whole evaluate() on the pair saved as .nii.gz (reading and writing included)."),
-) -> None:
-    """Time the evaluation of a synthetic 512x512x300 case with 10 labels (target: <= 10 s on one core).
-
-    Example:
-      medseg bench evaluate -o bench_evaluate.json
-    """
-    from medseg.metrics.bench import bench_evaluate
-
-    result = bench_evaluate(repeats=repeats, with_io=with_io, out_json=out)
-    line = f"evaluate {'x'.join(map(str, result['shape']))}, {result['labels']} labels: best {result['seconds_best']:.2f} s in memory"
-    if "seconds_with_io" in result:
-        line += f", {result['seconds_with_io']:.2f} s with .nii.gz reading and writing"
-    console.print(line + " (target 10 s)")
-
-
-def register_bench(bench_app: typer.Typer) -> None:
-    """Add ``evaluate`` to a ``medseg bench`` command group (owned by whoever wires the bench group)."""
-    bench_app.command("evaluate")(bench_evaluate_command)

@@ -12,8 +12,9 @@ from rich.table import Table
 from medseg.logging_setup import console
 
 SET_HELP = (
-    "Override any inference setting, e.g. --set infer.postprocess.liver.largest_component=true "
-    "--set infer.postprocess.tumor.min_size_mm3=50 --set infer.amp=bf16 (see medseg.infer.config.InferConfig)."
+    "Override any setting, e.g. --set infer.postprocess.liver.largest_component=true "
+    "--set infer.postprocess.tumor.min_size_mm3=50 --set infer.amp=bf16 (see medseg.infer.config.InferConfig). "
+    "Defaults come from the model's own run config (its infer: section), then --config, then --set, then the flags."
 )
 
 
@@ -38,8 +39,12 @@ def infer(
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the network: auto (default: on CPU when the "
                                                "run holds >= 80 windows of 96^3, where the ~18 s compile pays back), on or off."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID (or 0-based index) to use from a DICOM folder holding several series."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="YAML file with an 'infer:' section."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML (or a run folder); its infer: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: infer only the K-th of N disjoint shards of the cases (stable hash of the "
+                                        "case name), e.g. --shard $SLURM_ARRAY_TASK_ID/8; each shard writes its own summary JSON."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose sidecar JSON (written last) is already in OUT: "
+                                       "a killed run restarted with this finishes the rest."),
 ) -> None:
     """Segment CT/MR volumes or DICOM series with a trained medseg model.
 
@@ -55,18 +60,32 @@ def infer(
       medseg infer runs/liver_5folds 'scans/*.nii.gz' -o masks/ --tta
       medseg infer runs/liver/checkpoint_best.pt scans/ -o masks/
         --set infer.postprocess.liver.largest_component=true
+      medseg infer runs/liver archive/ -o masks/ --shard 3/8 --skip-existing   (SLURM array task 3 of 8)
     """
-    from medseg.infer import InferFailures, infer as run_inference, load_infer_config
+    from medseg.config.loader import load_config, save_resolved
+    from medseg.infer import InferFailures, Segmenter, infer as run_inference, load_model
+    from medseg.infer.pipeline import parse_shard
 
     flags = _flag_overrides(tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device,
                             per_class=per_class, save_probabilities=save_probabilities, compile=compile_mode)
-    config = load_infer_config(config_file, list(overrides) + flags)
+    parts = parse_shard(shard)
+    loaded = load_model(model)
+    settings = load_config(config_file, list(overrides) + flags, base=saved_sections(loaded.config))
+    segmenter = Segmenter(loaded, settings.infer)
     try:
-        report = run_inference(model, source, out, config, series=series, progress=True)
+        report = run_inference(loaded, source, out, settings.infer, series=series, progress=True, segmenter=segmenter, shard=parts,
+                               skip_existing=skip_existing)
     except InferFailures as failures:
         _print_summary(failures.report.outputs, out)
         raise
     _print_summary(report.outputs, out)
+    if out.is_dir():
+        save_resolved(settings, out / "config.yaml")  # evaluate and report start from these settings
+
+
+def saved_sections(run_config: dict) -> dict:
+    """The parts of a model's saved run config that later steps use (infer, evaluate, report)."""
+    return {key: run_config[key] for key in ("infer", "evaluate", "report") if isinstance(run_config.get(key), dict)}
 
 
 def _print_summary(outputs: dict[str, list[Path]], out: Path) -> None:
@@ -87,40 +106,3 @@ def _print_summary(outputs: dict[str, list[Path]], out: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command()(infer)
-
-
-def bench_infer_command(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or run folder; default: a randomly initialised DynUNet (16 base features, patch 96^3, 3 mm) saved as a checkpoint."),
-    inputs: list[Path] = typer.Option([], "--input", "-i", help="CT volume(s) to time; repeatable. Default: ../shared/data/totalseg_example/ct/example_ct.nii.gz if present."),
-    synthetic: bool = typer.Option(True, "--synthetic/--no-synthetic", help="Also time a synthetic 512x512x300 CT."),
-    out: Path = typer.Option(Path("reports/infer_benchmark_cpu.json"), "--out", "-o", help="JSON results (a markdown table is written beside it)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    classes: list[int] = typer.Option([3], "--classes", help="Output classes of the default network (incl. background); repeat to time several."),
-    repeats: int = typer.Option(1, "--repeats", help="Alternating runs per pipeline; the best time is reported (other load only adds time)."),
-    amp: str = typer.Option("off", "--amp", help="off or bf16 (bfloat16 autocast for both networks)."),
-    image_order: int = typer.Option(3, "--image-order", help="Image interpolation of the default model's plan: 3 (cubic, medseg's default) or 1 (linear, as MONAI's Spacingd)."),
-    compile_mode: str = typer.Option("auto", "--compile", help="medseg's infer.compile: auto, on or off (MONAI runs eager)."),
-) -> None:
-    """medseg vs a plain MONAI pipeline (same network, weights, overlap 0.5, Gaussian blending), each in its own process.
-
-    Reports wall time and peak RAM (RSS) of both. Goal: medseg >= 2x faster with <= 0.5x the peak RAM.
-    Writes OUT (JSON) and a markdown table beside it.
-
-    Examples:
-      medseg bench infer
-      medseg bench infer --classes 3 --classes 14 --repeats 2 -o reports/infer_benchmark_cpu.json
-      medseg bench infer --model runs/liver --input ct.nii.gz --no-synthetic --device cuda -o reports/infer_benchmark_gpu.json
-    """
-    from medseg.infer.bench import bench_infer
-
-    result = bench_infer(model, inputs or None, out_json=out, device=device, synthetic=synthetic, classes=classes, repeats=repeats,
-                         amp=amp, image_order=image_order, compile_mode=compile_mode)
-    for row in result["cases"]:
-        console.print(f"{row['input']} ({row['classes'] or 'model'} classes): medseg {row['medseg']['seconds']:.1f} s / {row['medseg']['peak_rss_mb']:.0f} MB, "
-                      f"MONAI {row['monai']['seconds']:.1f} s / {row['monai']['peak_rss_mb']:.0f} MB: "
-                      f"{row['speedup']:.2f}x faster, {row['ram_ratio']:.2f}x the RAM, mask agreement Dice {row['agreement_dice']:.4f}")
-
-
-def register_bench(bench_app: typer.Typer) -> None:
-    """Add ``infer`` to a ``medseg bench`` command group."""
-    bench_app.command("infer")(bench_infer_command)

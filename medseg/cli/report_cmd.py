@@ -9,7 +9,8 @@ import typer
 
 from medseg.logging_setup import console
 
-SET_HELP = "Override a report setting, e.g. --set panel_height_px=400 --set modality=MR --set plot_metrics=\\[dice,hd95] (see medseg.report.config)."
+SET_HELP = ("Override a report setting, e.g. --set report.panel_height_px=400 --set report.modality=MR --set report.plot_metrics=\\[dice,hd95] "
+            "(see medseg.report.config). Defaults: the settings `medseg evaluate` saved in EVAL_DIR (config.yaml), then --config.")
 
 
 def report(
@@ -32,6 +33,7 @@ def report(
         help="Also show full input paths and the identifying DICOM fields of the images (patient name/ID, dates...). "
         "Off by default: the report then shows case ids only.",
     ),  # fmt: skip
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML or run folder; its report: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Write an HTML report: per-label metrics with confidence intervals, distribution plots, lesion detection,
@@ -44,10 +46,12 @@ def report(
       medseg report eval/ -o eval/report.html --images imagesTr/ --model runs/Task04/3d_fullres
       medseg report eval/ -o report.html --pdf --max-cases 20 --title "Liver tumour model, fold 0"
     """
-    from medseg.config import build, parse_overrides
-    from medseg.report import ReportConfig, build_report
+    from medseg.config.loader import load_config, read_yaml
+    from medseg.report import build_report
 
-    config = build(ReportConfig, parse_overrides(overrides), source="--set")
+    saved = eval_dir / "config.yaml"
+    base = read_yaml(saved) if saved.is_file() else {}
+    config = load_config(config_file, overrides, base={"report": base["report"]} if isinstance(base.get("report"), dict) else {}).report
     path = build_report(
         eval_dir, out, images=images, model=model, include_phi=include_phi, pdf=pdf, title=title,
         max_cases=max_cases, pred=pred, gt=gt, notes=note, config=config,

@@ -14,8 +14,10 @@ def train(
     target: Path = typer.Argument(..., help="A raw dataset folder (MSD/nnU-Net layout), a preprocessed cache, or a config YAML whose `dataset:` names one."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/); every hyperparameter lives there."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value, e.g. --set train.lr=0.02 --set model.base_features=16 (repeatable)."),
-    fold: str = typer.Option("0", "--fold", "-f", help="Cross-validation fold to train, or 'all' for every fold in turn."),
-    configuration: Optional[str] = typer.Option(None, "--configuration", help="'3d' or '2d' [default: train.configuration]."),
+    fold: str = typer.Option("0", "--fold", "-f", help="Fold to hold out (0-4), several in turn (0,1,2,3,4), or 'all' to train on every "
+                                                       "case (nnU-Net's meaning; validation then runs on training cases)."),
+    configuration: Optional[str] = typer.Option(None, "--configuration", help="3d (the plan's default 3D: 3d_fullres on a GPU, 3d_lowres on "
+                                                "a CPU when the plan has one), 3d_fullres, 3d_lowres or 2d [default: train.configuration = 3d]."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget per fold; the LR schedule follows it and training ends cleanly."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (exact optimizer, RNG and epoch state)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>/<configuration>]; folds go into fold_<k>."),
@@ -25,12 +27,16 @@ def train(
     The first run on a raw dataset plans it (spacing, normalization, patch and network) and
     preprocesses it into medseg_work/<dataset>/; later runs reuse that cache.
 
+    Without a config, the plan sizes everything for this machine (see `medseg plan --help`).
+
     Examples:
       medseg train data/Task04_Hippocampus --config configs/hippocampus.yaml --max-minutes 30
-      medseg train configs/synthetic.yaml --fold all
+      medseg train configs/synthetic.yaml --fold 0,1,2,3,4     (five folds in turn)
+      medseg train brats_dataset --config configs/brats.yaml --fold all
       medseg train runs/config.yaml --resume        (after a crash or kill -9)
     """
-    from medseg.run_config import load_run_config
+    from medseg.config.loader import load_config
+    from medseg.train.api import parse_folds
     from medseg.train.api import train as run_training
 
     if target.suffix.lower() in (".yaml", ".yml"):
@@ -39,7 +45,7 @@ def train(
         config, dataset = target, None
     else:
         dataset = target
-    settings = load_run_config(config, list(overrides or []))
+    settings = load_config(config, list(overrides or []))
     # Command-line options win over the file; assigned (not parsed) so any path is taken literally.
     if dataset is not None:
         settings.dataset = str(dataset)
@@ -49,11 +55,10 @@ def train(
         settings.train.max_minutes = max_minutes
     if output:
         settings.run_dir = str(output)
-    folds = list(range(settings.train.num_folds)) if fold == "all" else [int(fold)] if fold.isdigit() else None
-    if folds is None:
-        raise typer.BadParameter(f"--fold must be a fold number or 'all', got {fold!r}")
+    folds = parse_folds(fold)
     for result in run_training(settings, folds, resume=resume):
-        scores = "" if not result.last_validation else ", ".join(f"{k}: {v:.4f}" for k, v in result.last_validation["dice"].items())
+        validation = result.last_validation
+        scores = "" if not validation else ", ".join(f"{k}: {v:.4f}" for k, v in validation["dice"].items()) + f" ({validation['kind']})"
         console.print(f"[bold green]✓[/] {result.run_dir}: {result.epochs_done} epochs, {result.iterations_done} iterations; validation Dice {scores}")
 
 

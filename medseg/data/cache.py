@@ -1,23 +1,24 @@
-"""The preprocessed-case cache: one folder of memory-mappable arrays per plan, built idempotently.
+"""The preprocessed-case cache: one folder of memory-mappable arrays per plan grid, built idempotently.
 
 Layout (``<id>`` is the case id)::
 
-    cache/
+    cache/                 one per grid: ``preprocessed`` (the plan's), ``preprocessed_<spacing>mm`` (3d_lowres)
       plan.json            the plan the cache was built with
-      cache_info.json      its preprocessing hash, dataset name, cache version
+      cache_info.json      its preprocessing identity, grid, dataset name, cache version
       <id>.npy             float32 image, channels first (C, X, Y, Z); np.load(mmap_mode="r") works
       <id>_seg.npy         uint8/uint16 label map (X, Y, Z)
-      <id>.json            properties: everything needed to invert back to the raw grid, class locations
-      <id>.done            written last: preprocessing hash + source file sizes/mtimes
+      <id>.json            CaseProperties: the case geometry (all the inverse needs), normalisation, class locations
+      <id>.done            written last: preprocessing identity + source file sizes/mtimes
 
-A case is skipped when its ``.done`` marker matches the current plan's preprocessing hash and its
-source files are unchanged; a changed plan therefore recomputes every case (and says why). Every
-file is written atomically, so an interrupted run leaves no half-written case behind.
+A case is skipped when its ``.done`` marker matches the configuration's preprocessing identity
+(:meth:`medseg.schema.Plan.preprocessing_identity`, the one place it is computed) and its source
+files are unchanged; a changed plan or a new medseg cache layout therefore recomputes every case
+(and says why). Every file is written atomically, so an interrupted run leaves no half-written
+case behind.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,43 +31,25 @@ from medseg.data.dataset import Case, DatasetDescription, read_case_images, read
 from medseg.data.parallel import map_cases
 from medseg.data.preprocess import preprocess_volume
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, write_json
+from medseg.schema.case import CaseProperties, CaseSources, read_properties, write_properties
+from medseg.schema.plan import CACHE_VERSION, Configuration, Plan, read_plan, write_plan
+from medseg.schema.records import Record, read_record, write_record
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: separable-matrix image resampling (equal to ITK's to float32 rounding)
 INFO_FILE = "cache_info.json"
 PLAN_FILE = "plan.json"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+class CacheInfo(Record):
+    """``cache_info.json``: which plan, grid and medseg cache layout the cached arrays belong to."""
 
-
-def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Atomic JSON write (numpy scalars/arrays and paths converted)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=indent, default=_json_default, separators=None if indent else (",", ":"))
-    with atomic_path(path) as temporary:
-        temporary.write_text(text + "\n")
-    return path
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(path, f"not valid JSON ({error})") from error
+    cache_version: int
+    preprocessing_hash: str
+    dataset: str
+    configuration: str | None = None
+    target_spacing: list[float] | None = None
 
 
 def save_array(path: str | Path, array: np.ndarray) -> Path:
@@ -75,12 +58,6 @@ def save_array(path: str | Path, array: np.ndarray) -> Path:
     with atomic_path(path) as temporary:
         np.save(temporary, np.ascontiguousarray(array), allow_pickle=False)
     return path
-
-
-def preprocessing_hash(plan: dict[str, Any]) -> str:
-    """Hash of everything in the plan that changes cached arrays (patch or batch size do not)."""
-    payload = json.dumps({"cache_version": CACHE_VERSION, "preprocessing": plan["preprocessing"]}, sort_keys=True, default=_json_default)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def case_paths(cache_dir: str | Path, case_id: str) -> dict[str, Path]:
@@ -124,24 +101,26 @@ def case_status(cache_dir: str | Path, case: Case, plan_hash: str) -> str | None
     return None
 
 
-def preprocess_case_to_cache(argument: tuple[dict[str, Any], int, dict[str, Any], str, str]) -> dict[str, Any]:
+def preprocess_case_to_cache(argument: tuple[dict[str, Any], int, dict[str, Any], str, str, str]) -> dict[str, Any]:
     """Worker: preprocess one case and write its files, the done marker last."""
-    case_data, num_channels, plan, cache_dir, plan_hash = argument
+    case_data, num_channels, plan_data, configuration, cache_dir, plan_hash = argument
     case = Case.from_dict(case_data)
+    plan = Plan.model_validate(plan_data)
     images = read_case_images(case, num_channels)
     label = read_case_label(case)
-    result = preprocess_volume(images, plan, label=label, case_id=case.case_id)
+    result = preprocess_volume(images, plan, configuration, label=label, case_id=case.case_id)
     paths = case_paths(cache_dir, case.case_id)
     paths["done"].unlink(missing_ok=True)
-    properties = dict(result.properties)
-    properties["preprocessing_hash"] = plan_hash
-    properties["sources"] = {"images": [str(p) for p in case.images], "label": None if case.label is None else str(case.label)}
+    properties = result.properties.model_copy(update={
+        "preprocessing_hash": plan_hash,
+        "sources": CaseSources(images=[str(p) for p in case.images], label=None if case.label is None else str(case.label)),
+    })
     save_array(paths["image"], result.image)
     if result.seg is not None:
         save_array(paths["seg"], result.seg)
-    write_json(paths["properties"], properties, indent=None)
+    write_properties(properties, paths["properties"])
     write_json(paths["done"], {"preprocessing_hash": plan_hash, "sources": source_stamp(case)})
-    return {"shape": list(result.image.shape[1:]), "classes_present": properties["classes_present"]}
+    return {"shape": list(result.image.shape[1:]), "classes_present": properties.classes_present}
 
 
 @dataclass
@@ -166,6 +145,8 @@ def _check_cache_info(cache_dir: Path, plan_hash: str, dataset: str) -> str | No
         info = json.loads(info_path.read_text())
     except (OSError, json.JSONDecodeError):
         return "unreadable cache_info.json"
+    if info.get("cache_version") != CACHE_VERSION:
+        return f"it was built with another medseg cache layout (version {info.get('cache_version')}, now {CACHE_VERSION})"
     if info.get("preprocessing_hash") != plan_hash:
         return f"the plan changed (cache built with preprocessing hash {info.get('preprocessing_hash')}, plan now {plan_hash})"
     if info.get("dataset") != dataset:
@@ -173,51 +154,63 @@ def _check_cache_info(cache_dir: Path, plan_hash: str, dataset: str) -> str | No
     return None
 
 
+def _selected_cases(description: DatasetDescription, case_ids: list[str] | None) -> list[Case]:
+    if case_ids is None:
+        return description.cases
+    wanted = set(case_ids)
+    unknown = wanted - {case.case_id for case in description.cases}
+    if unknown:
+        raise InputError(description.root, f"unknown case id(s): {', '.join(sorted(unknown))}")
+    return [case for case in description.cases if case.case_id in wanted]
+
+
+def _check_plan_fits(description: DatasetDescription, plan: Plan) -> None:
+    settings = plan.preprocessing
+    if settings.num_channels != description.num_channels or not set(description.label_values) <= set(settings.labels):
+        raise InputError(
+            description.root,
+            f"does not match the plan (plan for {plan.dataset!r}: {settings.num_channels} channel(s), labels {settings.labels}; "
+            f"dataset: {description.num_channels} channel(s), labels {description.label_values}); re-run `medseg plan`",
+        )
+    if plan.dataset != description.name:
+        log.warning("plan was made for dataset %r, preprocessing %r", plan.dataset, description.name)
+
+
 def preprocess_dataset(
     description: DatasetDescription,
-    plan: dict[str, Any],
+    plan: Plan,
     cache_dir: str | Path,
     *,
+    configuration: str | None = None,
     workers: int = 2,
     case_ids: list[str] | None = None,
     progress: bool = True,
 ) -> PreprocessReport:
-    """Preprocess the training cases (or ``case_ids``) into ``cache_dir``; finished cases are skipped."""
-    settings = plan["preprocessing"]
-    if settings["num_channels"] != description.num_channels or not set(description.label_values) <= set(settings["labels"]):
-        raise InputError(
-            description.root,
-            f"does not match the plan (plan for {plan.get('dataset')!r}: {settings['num_channels']} channel(s), labels {settings['labels']}; "
-            f"dataset: {description.num_channels} channel(s), labels {description.label_values}); re-run `medseg plan`",
-        )
-    if plan.get("dataset") != description.name:
-        log.warning("plan was made for dataset %r, preprocessing %r", plan.get("dataset"), description.name)
+    """Preprocess the training cases (or ``case_ids``) onto ``configuration``'s grid (default: the plan's
+    default) into ``cache_dir``; finished cases are skipped."""
+    _check_plan_fits(description, plan)
+    chosen: Configuration = plan.configuration(configuration or plan.default_configuration_name())
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    plan_hash = preprocessing_hash(plan)
+    plan_hash = plan.preprocessing_identity(chosen)
     report = PreprocessReport(cache_dir, plan_hash)
     report.invalidated = _check_cache_info(cache_dir, plan_hash, description.name)
     if report.invalidated:
         log.warning("%s: recomputing all cases because %s", cache_dir, report.invalidated)
         for marker in cache_dir.glob("*.done"):
             marker.unlink()
-    write_json(cache_dir / PLAN_FILE, plan)
-    write_json(cache_dir / INFO_FILE, {"cache_version": CACHE_VERSION, "preprocessing_hash": plan_hash, "dataset": description.name})
-    cases = description.cases
-    if case_ids is not None:
-        wanted = set(case_ids)
-        unknown = wanted - {case.case_id for case in cases}
-        if unknown:
-            raise InputError(description.root, f"unknown case id(s): {', '.join(sorted(unknown))}")
-        cases = [case for case in cases if case.case_id in wanted]
+    write_plan(plan, cache_dir / PLAN_FILE)
+    write_record(CacheInfo(cache_version=CACHE_VERSION, preprocessing_hash=plan_hash, dataset=description.name,
+                           configuration=chosen.name, target_spacing=chosen.grid_spacing()), cache_dir / INFO_FILE)
+    plan_data = plan.model_dump(mode="json")
     todo = []
-    for case in cases:
+    for case in _selected_cases(description, case_ids):
         reason = case_status(cache_dir, case, plan_hash)
         if reason is None:
             report.skipped.append(case.case_id)
         else:
             log.debug("%s: %s", case.case_id, reason)
-            todo.append((case.case_id, (case.to_dict(), description.num_channels, plan, str(cache_dir), plan_hash)))
+            todo.append((case.case_id, (case.to_dict(), description.num_channels, plan_data, chosen.name, str(cache_dir), plan_hash)))
     if report.skipped:
         log.debug("%d case(s) already preprocessed with this plan: skipped", len(report.skipped))
     for outcome in map_cases(preprocess_case_to_cache, todo, workers=workers, description="preprocess", progress=progress):
@@ -230,7 +223,20 @@ def preprocess_dataset(
     return report
 
 
-def load_case(cache_dir: str | Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def read_cache(cache_dir: str | Path) -> tuple[Plan, CacheInfo]:
+    """The plan and the info of a cache folder; a cache of another medseg layout gets a one-line 'rebuild' message."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / PLAN_FILE).is_file():
+        raise InputError(cache_dir, "no plan.json here: run `medseg preprocess` first (or pass the raw dataset to `medseg train`)")
+    plan = read_plan(cache_dir / PLAN_FILE)
+    info = read_record(CacheInfo, cache_dir / INFO_FILE)
+    if info.cache_version != CACHE_VERSION:
+        raise InputError(cache_dir, f"was built by another medseg (cache version {info.cache_version}, this medseg reads {CACHE_VERSION}); "
+                                    "rebuild it with `medseg preprocess DATASET` (or train from the raw dataset)")
+    return plan, info
+
+
+def load_case(cache_dir: str | Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
     """``(image, seg, properties)`` of a cached case; arrays memory-mapped read-only by default."""
     paths = case_paths(cache_dir, case_id)
     if not paths["done"].is_file():
@@ -238,7 +244,7 @@ def load_case(cache_dir: str | Path, case_id: str, mmap: bool = True) -> tuple[n
     mode = "r" if mmap else None
     image = np.load(paths["image"], mmap_mode=mode)
     seg = np.load(paths["seg"], mmap_mode=mode) if paths["seg"].is_file() else None
-    return image, seg, read_json(paths["properties"])
+    return image, seg, read_properties(paths["properties"])
 
 
 def cached_case_ids(cache_dir: str | Path) -> list[str]:
@@ -251,5 +257,4 @@ def load_case_arrays(cache_dir: str | Path, case_id: str, mmap: bool = True):
     from medseg.data.sampling import CaseArrays
 
     image, seg, properties = load_case(cache_dir, case_id, mmap)
-    locations = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3) for k, v in properties.get("class_locations", {}).items()}
-    return CaseArrays(case_id, image, seg, locations)
+    return CaseArrays(case_id, image, seg, properties.class_location_arrays())

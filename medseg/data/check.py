@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from medseg.data.dataset import Case, DatasetDescription, load_dataset
 from medseg.data.preprocess import GRID_TOLERANCE_MM
 from medseg.errors import MedsegError
-from medseg.io.geometry import corner_points
+from medseg.io.geometry import corner_points, reoriented_grid
 from medseg.io.readers import read_volume
 from medseg.io.volume import Volume
 
@@ -63,11 +62,8 @@ def _corner_distance(a: Volume, b: Volume) -> float:
 
 def _ras_grid(volume: Volume) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine the volume would have after reorienting to RAS (without touching voxels)."""
-    transform = ornt_transform(io_orientation(volume.affine), axcodes2ornt(("R", "A", "S")))
-    shape = [0, 0, 0]
-    for source, (target, _) in enumerate(transform):
-        shape[int(target)] = volume.shape[source]
-    return tuple(shape), volume.affine @ inv_ornt_aff(transform, volume.shape)
+    shape, affine, _ = reoriented_grid(volume.shape, volume.affine, "RAS")
+    return shape, affine
 
 
 def _same_ras_grid(a: Volume, b: Volume, tolerance: float) -> bool:

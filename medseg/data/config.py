@@ -1,4 +1,4 @@
-"""Config sections of the data pipeline: fingerprint, plan (incl. preprocessing choices) and preprocess.
+"""Config sections of the data pipeline: ``fingerprint``, ``plan`` (incl. preprocessing choices) and ``preprocess``.
 
 Every value that changes the cached arrays lives in :class:`PlanConfig` and ends up in the plan
 JSON, so the plan's preprocessing hash covers it. :class:`PreprocessConfig` only says *how* to run
@@ -40,10 +40,22 @@ class PlanConfig(Section):
     out_of_plane_order: Literal[0, 1] = Field(0, description="Order along the separately resampled coarse axis (images; labels always use 0).")
     class_locations_per_class: int = Field(2000, ge=1, description="Voxel coordinates sampled per class and case for foreground oversampling.")
     seed: int = Field(0, description="Seed of the class-location sampling.")
-    # --- network topology and memory budget ---------------------------------------------------------
-    gpu_memory_gb: float = Field(8.0, gt=0, description="GPU memory budget that patch and batch size must fit in.")
+    # --- the machine and its budget (see medseg.data.devices) ---------------------------------------
+    device: str = Field("auto", description="machine to plan for: auto (this one: its CUDA GPU, else its CPU), cpu, cuda, or a preset "
+                        "(gpu-8gb, rtx4090, a100-40gb, a100, h100, h200, laptop, cpu-2core)")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="GPU memory budget; None = the GPU's (detected or preset), capped at max_gpu_memory_gb.")
+    max_gpu_memory_gb: float = Field(40.0, gt=0, description="Cap on a detected budget: bigger patches and batches stop paying (nnU-Net's largest ResEnc preset plans 40 GB).")
     memory_overhead_gb: float = Field(1.5, ge=0, description="Part of the budget kept for the CUDA context, weights, optimizer state and workspaces.")
     activation_bytes: int = Field(2, ge=1, description="Bytes per stored activation (2 with mixed precision).")
+    cpu_cores: int | None = Field(None, ge=1, description="CPU cores to plan for; None = detected (or the preset's).")
+    cpu_step_voxels_per_core: float = Field(
+        90000.0, gt=0, description="CPU plans: patch voxels x batch one training step may process per core (2 cores: batch 2 of "
+        "40x56x40, measured as the fastest learner on 2 cores, reports/train_hippocampus_cpu.md).")
+    cpu_base_features: int = Field(16, ge=1, description="CPU plans: width of the first stage (4x fewer FLOPs than nnU-Net's 32).")
+    cpu_max_features_3d: int = Field(128, ge=1)
+    cpu_max_features_2d: int = Field(256, ge=1)
+    lowres_patch_fraction: float = Field(
+        0.25, gt=0, le=1, description="Plan 3d_lowres when the 3d_fullres patch covers less than this share of the median case (nnU-Net's rule).")
     base_features: int = Field(32, ge=1)
     max_features_3d: int = Field(320, ge=1)
     max_features_2d: int = Field(512, ge=1)
@@ -84,14 +96,6 @@ class PlanConfig(Section):
 
 class PreprocessConfig(Section):
     workers: int = Field(2, ge=1, description="Parallel worker processes (1 = run in this process).")
-
-
-class DataConfig(Section):
-    """The data-pipeline part of a medseg config file (sections ``fingerprint``, ``plan``, ``preprocess``)."""
-
-    fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)
-    plan: PlanConfig = Field(default_factory=PlanConfig)
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
 
 def default_work_dir(dataset_name: str, base: str | Path = "medseg_work") -> Path:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medseg.data.naming import CHANNEL_SUFFIX, is_junk, stem
 from medseg.errors import InputError
 from medseg.io.atomic import full_suffix
 from medseg.io.readers import READABLE_SUFFIXES, read_volume
@@ -35,7 +35,6 @@ from medseg.io.volume import Volume
 log = logging.getLogger(__name__)
 
 Format = Literal["msd", "nnunet"]
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 # nnU-Net channel names that are normalization directives rather than modalities.
 _NO_NORM_NAMES = {"nonorm", "none"}
 _RESCALE_NAMES = {"rescale_to_0_1", "rgb_to_0_1"}
@@ -86,6 +85,8 @@ class DatasetDescription:
     test_cases: list[Case] = field(default_factory=list)
     file_ending: str = ".nii.gz"
     declared_num_training: int | None = None
+    regions_class_order: list[int] | None = None  # nnU-Net v2: region i paints this class when its sigmoid > 0.5
+    ignore_label: int | None = None  # nnU-Net v2 "ignore": unannotated voxels, never a class
 
     @property
     def num_channels(self) -> int:
@@ -101,11 +102,13 @@ class DatasetDescription:
         values = set(self.labels)
         for members in self.regions.values():
             values.update(members)
+        if self.ignore_label is not None:
+            values.add(self.ignore_label)
         return sorted(values)
 
     @property
     def foreground_labels(self) -> list[int]:
-        return [value for value in self.label_values if value != 0]
+        return [value for value in self.label_values if value != 0 and value != self.ignore_label]
 
     def case(self, case_id: str) -> Case:
         for case in self.cases + self.test_cases:
@@ -145,11 +148,6 @@ def normalization_directive(channel_name: str) -> str | None:
     return None
 
 
-def is_junk(path: Path) -> bool:
-    """macOS resource forks (``._case.nii.gz``), hidden files and editor leftovers are not cases."""
-    return path.name.startswith(".") or path.name.startswith("~") or path.name.endswith("~")
-
-
 def _readable_entry(path: Path) -> bool:
     if is_junk(path):
         return False
@@ -159,10 +157,7 @@ def _readable_entry(path: Path) -> bool:
 
 
 def _strip_suffix(path: Path) -> str:
-    if path.is_dir():
-        return path.name
-    suffix = full_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
+    return path.name if path.is_dir() else stem(path)
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -295,7 +290,7 @@ def _discover_grouped(images: Path, labels: Path | None, channels: int, file_end
     grouped: dict[str, dict[int, Path]] = {}
     singles: list[Path] = []
     for entry in entries:
-        match = _CHANNEL_SUFFIX.match(_strip_suffix(entry))
+        match = CHANNEL_SUFFIX.match(_strip_suffix(entry))
         if match and int(match["channel"]) < max(channels, 1):
             grouped.setdefault(match["case"], {})[int(match["channel"])] = entry
         else:
@@ -343,6 +338,14 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
     path = root / "dataset.json"
     channels = _channels(_index_map(data, "channel_names", path), path)
     labels, regions = _nnunet_labels(data, path)
+    ignore = next((value for value, name in labels.items() if name == "ignore"), None)
+    if ignore is not None:
+        del labels[ignore]
+        if ignore <= max(labels, default=0) or any(ignore in members for members in regions.values()):
+            raise InputError(path, f"the 'ignore' label ({ignore}) must be the highest label value and in no region (nnU-Net v2 rule)")
+    order = data.get("regions_class_order")
+    if order is not None and (not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order)):
+        raise InputError(path, f"'regions_class_order' must be a list of integers, got {order!r}")
     file_ending = str(data.get("file_ending") or ".nii.gz")
     explicit = data.get("dataset")
     if isinstance(explicit, dict) and explicit:  # nnU-Net v2 optional explicit case list
@@ -365,6 +368,8 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
         test_cases=tests,
         file_ending=file_ending,
         declared_num_training=_int_or_none(data.get("numTraining")),
+        regions_class_order=order,
+        ignore_label=ignore,
     )
 
 
@@ -396,7 +401,7 @@ def read_case_images(case: Case, num_channels: int) -> list[Volume]:
             raise InputError(case.images[0], f"has {volume.channels} channel(s); dataset.json declares {num_channels}")
         if volume.array.ndim == 3:
             return [volume]
-        return [Volume(volume.array[..., c], volume.affine, "image", dict(volume.meta)) for c in range(num_channels)]
+        return volume.split_channels()
     if len(case.images) != num_channels:
         raise InputError(case.images[0].parent, f"case {case.case_id} has {len(case.images)} channel file(s); dataset.json declares {num_channels}")
     return [read_volume(path, role="image") for path in case.images]

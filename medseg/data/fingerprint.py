@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.data.cache import read_json, write_json
+from medseg.io.atomic import write_json
+from medseg.schema.records import read_json
 from medseg.data.config import FingerprintConfig
 from medseg.data.dataset import Case, DatasetDescription, read_case_images, read_case_label
 from medseg.data.parallel import map_cases

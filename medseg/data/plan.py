@@ -35,21 +35,24 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from medseg import __version__
-from medseg.data.cache import preprocessing_hash, read_json, write_json
-from medseg.data.config import DataConfig, PlanConfig
+from medseg.data.config import FingerprintConfig, PlanConfig
 from medseg.data.dataset import DatasetDescription, load_dataset, normalization_directive
+from medseg.data.devices import device_profile
 from medseg.data.fingerprint import load_or_compute_fingerprint
 from medseg.errors import ConfigError, InputError
+from medseg.schema.plan import ChannelNormalization, Configuration, DeviceProfile, Plan, Preprocessing, Resampling, read_plan, write_plan
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+#: Configuration names (nnU-Net's); ``3d`` names the plan's default 3D configuration for its device.
+FULLRES, LOWRES, TWO_D = "3d_fullres", "3d_lowres", "2d"
 
 
 # --- target spacing ------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray, config: PlanConfig)
 
 
 # --- normalization -------------------------------------------------------------------------------
-def normalization_schemes(description: DatasetDescription, fingerprint: dict[str, Any], config: PlanConfig) -> list[dict[str, Any]]:
+def normalization_schemes(description: DatasetDescription, fingerprint: dict[str, Any], config: PlanConfig) -> list[ChannelNormalization]:
     crop_fraction = float(fingerprint["median_crop_fraction"])
     use_mask = crop_fraction < config.nonzero_mask_crop_fraction
     schemes = []
@@ -113,7 +116,7 @@ def normalization_schemes(description: DatasetDescription, fingerprint: dict[str
             entry["reason"] = "channel name or config asks for no normalization"
         if index in config.normalization:
             entry["reason"] = f"set in the config (plan.normalization.{index}); " + entry["reason"]
-        schemes.append(entry)
+        schemes.append(ChannelNormalization(**entry))
     return schemes
 
 
@@ -163,8 +166,74 @@ def activation_bytes_per_sample(patch: Sequence[int], strides: Sequence[Sequence
     return total * config.activation_bytes
 
 
-def _features(stages: int, maximum: int, config: PlanConfig) -> list[int]:
-    return [min(config.base_features * 2**s, maximum) for s in range(stages)]
+@dataclass(frozen=True)
+class Sizing:
+    """How patch, batch and width are bounded on the planned device.
+
+    GPU: stored activations of ``min_batch_size`` patches must fit in the memory budget. CPU: the
+    voxels of one step (patch x batch) must stay within a compute budget, so a step takes about
+    the same time on any dataset, and the network is narrower.
+    """
+
+    device: DeviceProfile
+    memory_budget_bytes: float
+    step_voxels: float
+    base_features: int
+    max_features: int
+
+    @property
+    def cpu(self) -> bool:
+        return self.device.kind == "cpu"
+
+    def describe(self) -> str:
+        if self.cpu:
+            return f"{self.step_voxels:,.0f} voxels per step on {self.device.cores} CPU core(s)"
+        return f"{self.memory_budget_bytes / 1024**3:g} GB of GPU memory"
+
+
+def sizing(device: DeviceProfile, config: PlanConfig, spatial_dims: int) -> Sizing:
+    if device.kind == "cpu":
+        step = config.cpu_step_voxels_per_core * device.cores * (3.0 if spatial_dims == 2 else 1.0)  # 2D convolutions: 9 taps, not 27
+        cap = config.cpu_max_features_2d if spatial_dims == 2 else config.cpu_max_features_3d
+        return Sizing(device, math.inf, step, config.cpu_base_features, cap)
+    memory = device.memory_gb if config.gpu_memory_gb is not None else min(device.memory_gb, config.max_gpu_memory_gb)
+    budget = (memory - config.memory_overhead_gb) * 1024**3
+    if budget <= 0:
+        raise ConfigError(f"a {memory:g} GB budget leaves nothing after the {config.memory_overhead_gb} GB overhead (plan.memory_overhead_gb)")
+    cap = config.max_features_2d if spatial_dims == 2 else config.max_features_3d
+    return Sizing(device, budget, math.inf, config.base_features, cap)
+
+
+def _features(stages: int, sizing_: Sizing) -> list[int]:
+    return [min(sizing_.base_features * 2**s, sizing_.max_features) for s in range(stages)]
+
+
+def _how_many(budget: float, each: float) -> float:
+    """Whole items of size ``each`` in ``budget`` (an unbounded budget holds any number)."""
+    return math.inf if math.isinf(budget) else budget // max(each, 1.0)
+
+
+def _fits(per_sample: float, patch_voxels: float, batch: int, sizing_: Sizing) -> bool:
+    return per_sample * batch <= sizing_.memory_budget_bytes and patch_voxels * batch <= sizing_.step_voxels
+
+
+def _shrink_patch(spacing: np.ndarray, median_shape: np.ndarray, patch: np.ndarray, forced: bool, sizing_: Sizing, config: PlanConfig) -> tuple[dict[str, Any], list[int], float, int]:
+    """Shrink the axis largest relative to the median shape until ``min_batch_size`` patches fit the budget."""
+    shrunk = 0
+    while True:
+        topo = topology(spacing, patch, config)
+        features = _features(len(topo["strides"]), sizing_)
+        per_sample = activation_bytes_per_sample(topo["patch_size"], topo["strides"], features, config)
+        if forced or _fits(per_sample, float(np.prod(topo["patch_size"])), config.min_batch_size, sizing_):
+            return topo, features, per_sample, shrunk
+        ratio = np.asarray(topo["patch_size"]) / median_shape
+        candidates = [a for a in range(len(patch)) if patch[a] - topo["divisible_by"][a] >= config.min_feature_map_size]
+        if not candidates:
+            log.warning("even the smallest patch exceeds the budget (%s); keeping %s", sizing_.describe(), list(patch))
+            return topo, features, per_sample, shrunk
+        axis = int(np.argmax(ratio)) if int(np.argmax(ratio)) in candidates else max(candidates, key=lambda a: ratio[a])
+        patch[axis] -= topo["divisible_by"][axis]
+        shrunk += 1
 
 
 def _configuration(
@@ -172,14 +241,12 @@ def _configuration(
     median_shape: np.ndarray,
     dataset_voxels: float,
     initial_voxels: float,
-    max_features: int,
     forced_patch: list[int] | None,
     forced_batch: int | None,
     config: PlanConfig,
-) -> dict[str, Any]:
-    budget = (config.gpu_memory_gb - config.memory_overhead_gb) * 1024**3
-    if budget <= 0:
-        raise ConfigError(f"plan.gpu_memory_gb={config.gpu_memory_gb} leaves nothing after the {config.memory_overhead_gb} GB overhead")
+    sizing_: Sizing,
+    slice_axis: int | None = None,
+) -> Configuration:
     if forced_patch is not None:
         patch = np.asarray(forced_patch, dtype=float)
     else:
@@ -187,115 +254,140 @@ def _configuration(
         patch = aspect * (initial_voxels / np.prod(aspect)) ** (1.0 / len(spacing))
         patch = np.minimum(np.round(patch), median_shape)
     patch = np.maximum(np.round(patch), 1).astype(int)
-    shrunk = 0
-    while True:
-        topo = topology(spacing, patch, config)
-        features = _features(len(topo["strides"]), max_features, config)
-        per_sample = activation_bytes_per_sample(topo["patch_size"], topo["strides"], features, config)
-        if forced_patch is not None or per_sample * config.min_batch_size <= budget:
-            break
-        ratio = np.asarray(topo["patch_size"]) / median_shape
-        axis = int(np.argmax(ratio))
-        step = topo["divisible_by"][axis]
-        if patch[axis] - step < config.min_feature_map_size:
-            candidates = [a for a in range(len(patch)) if patch[a] - topo["divisible_by"][a] >= config.min_feature_map_size]
-            if not candidates:
-                log.warning("even the smallest patch exceeds the %.1f GB budget; keeping %s", config.gpu_memory_gb, list(patch))
-                break
-            axis = max(candidates, key=lambda a: ratio[a])
-            step = topo["divisible_by"][axis]
-        patch[axis] -= step
-        shrunk += 1
+    topo, features, per_sample, shrunk = _shrink_patch(spacing, median_shape, patch, forced_patch is not None, sizing_, config)
     patch_size = topo["patch_size"]
     patch_voxels = float(np.prod(patch_size))
-    fit = int(budget // max(per_sample, 1.0))
+    fit = int(min(_how_many(sizing_.memory_budget_bytes, per_sample), _how_many(sizing_.step_voxels, patch_voxels)))
     cap = int(config.max_dataset_fraction_per_batch * dataset_voxels / patch_voxels)
     batch = forced_batch or int(max(config.min_batch_size, min(fit, cap, config.max_batch_size)))
+    fit = min(fit, 10**9)
     estimate = (per_sample * batch) / 1024**3 + config.memory_overhead_gb
-    if estimate > config.gpu_memory_gb:
-        log.warning("patch %s x batch %d is estimated at %.1f GB, above the %.1f GB budget", list(patch_size), batch, estimate, config.gpu_memory_gb)
+    if not sizing_.cpu and estimate > sizing_.memory_budget_bytes / 1024**3 + config.memory_overhead_gb:
+        log.warning("patch %s x batch %d is estimated at %.1f GB, above the budget (%s)", list(patch_size), batch, estimate, sizing_.describe())
     if forced_batch is None:
-        limits = {"the memory budget": fit, f"the {config.max_dataset_fraction_per_batch:.0%}-of-dataset cap": cap, "plan.max_batch_size": config.max_batch_size}
+        limits = {sizing_.describe(): fit, f"the {config.max_dataset_fraction_per_batch:.0%}-of-dataset cap": cap, "plan.max_batch_size": config.max_batch_size}
         binding = min(limits, key=limits.get)
-        batch_reason = f"largest batch within {binding} (memory fits {fit}, dataset cap {cap}, max {config.max_batch_size}), at least {config.min_batch_size}"
+        batch_reason = f"largest batch within {binding} (budget fits {fit}, dataset cap {cap}, max {config.max_batch_size}), at least {config.min_batch_size}"
     else:
         batch_reason = "set in the config"
-    return {
-        "patch_size": [int(v) for v in patch_size],
-        "batch_size": batch,
-        "spacing": [float(v) for v in spacing],
-        "n_stages": len(topo["strides"]),
-        "features_per_stage": features,
-        "kernel_sizes": topo["kernel_sizes"],
-        "strides": topo["strides"],
-        "estimated_memory_gb": round(estimate, 2),
-        "patch_reason": "set in the config" if forced_patch is not None else (
+    width = f"; {features[0]} base features capped at {sizing_.max_features} ({'CPU: narrower network, more steps per minute' if sizing_.cpu else 'nnU-Net'})"
+    return Configuration(
+        patch_size=[int(v) for v in patch_size],
+        batch_size=batch,
+        spacing=[float(v) for v in spacing],
+        n_stages=len(topo["strides"]),
+        features_per_stage=features,
+        kernel_sizes=topo["kernel_sizes"],
+        strides=topo["strides"],
+        estimated_memory_gb=round(estimate, 2),
+        patch_reason="set in the config" if forced_patch is not None else (
             f"median shape {[int(v) for v in np.round(median_shape)]} clipped from a large start patch, "
-            f"shrunk {shrunk} step(s) to fit {config.gpu_memory_gb:g} GB, rounded up to the total stride {topo['divisible_by']}"),
-        "batch_reason": batch_reason,
-    }
+            f"shrunk {shrunk} step(s) to fit {sizing_.describe()}, rounded up to the total stride {topo['divisible_by']}{width}"),
+        batch_reason=batch_reason,
+        slice_axis=slice_axis,
+    )
 
 
-def configurations(spacing: Sequence[float], shapes_at_target: np.ndarray, config: PlanConfig) -> dict[str, Any]:
-    """The ``3d`` and ``2d`` network configurations (2D slices are taken across the coarsest axis)."""
+def _three_d(spacing: np.ndarray, median_shape: np.ndarray, dataset_voxels: float, config: PlanConfig, sizing_: Sizing) -> Configuration:
+    return _configuration(spacing, median_shape, dataset_voxels, config.initial_patch_voxels_3d, config.patch_size_3d, config.batch_size_3d, config, sizing_)
+
+
+def lowres_configuration(spacing: np.ndarray, median_shape: np.ndarray, dataset_voxels: float, fullres: Configuration,
+                         config: PlanConfig, sizing_: Sizing) -> Configuration | None:
+    """nnU-Net's 3d_lowres: coarsen the grid (the finer axes first, 3% a step) until the patch covers
+    ``lowres_patch_fraction`` of the median case; None when the full-resolution patch already does."""
+    median_voxels = float(np.prod(median_shape))
+    forced = config.patch_size_3d is not None or config.target_spacing is not None  # the user chose the grid or the patch
+    if forced or np.prod(fullres.patch_size) >= config.lowres_patch_fraction * median_voxels:
+        return None
+    low = np.array(spacing, dtype=float)
+    chosen = fullres
+    for _ in range(200):
+        coarse = low.max()
+        low = np.where(coarse / low > 2, low * 1.03, low) if np.any(coarse / low > 2) else low * 1.03
+        shape = median_shape * spacing / low
+        chosen = _three_d(low, shape, dataset_voxels * float(np.prod(spacing / low)), config, sizing_)
+        if np.prod(chosen.patch_size) >= config.lowres_patch_fraction * float(np.prod(shape)):
+            break
+    chosen.spacing_reason = (f"the 3d_fullres patch covers {np.prod(fullres.patch_size) / median_voxels:.0%} of the median case "
+                             f"(< {config.lowres_patch_fraction:.0%}): grid coarsened to {[round(float(v), 3) for v in low]} mm until its patch covers "
+                             f"{np.prod(chosen.patch_size) / float(np.prod(median_shape * spacing / low)):.0%} (nnU-Net's 3d_lowres)")
+    chosen.target_spacing = [float(v) for v in low]
+    return chosen
+
+
+def configurations(spacing: Sequence[float], shapes_at_target: np.ndarray, config: PlanConfig, device: DeviceProfile | None = None) -> dict[str, Configuration]:
+    """``3d_fullres``, ``3d_lowres`` (large cases only) and ``2d`` (slices across the coarsest axis)."""
+    device = device or device_profile(config)
     spacing = np.asarray(spacing, dtype=float)
     median_shape = np.median(shapes_at_target, axis=0)
     dataset_voxels = float(np.sum(np.prod(shapes_at_target, axis=1)))
-    three_d = _configuration(spacing, median_shape, dataset_voxels, config.initial_patch_voxels_3d, config.max_features_3d,
-                             config.patch_size_3d, config.batch_size_3d, config)
+    fullres = _three_d(spacing, median_shape, dataset_voxels, config, sizing(device, config, 3))
+    fullres.target_spacing = [float(v) for v in spacing]
+    result = {FULLRES: fullres}
+    lowres = lowres_configuration(spacing, median_shape, dataset_voxels, fullres, config, sizing(device, config, 3))
+    if lowres is not None:
+        result[LOWRES] = lowres
     coarse = np.flatnonzero(np.isclose(spacing, spacing.max()))
     slice_axis = int(coarse[-1]) if len(coarse) < 3 else 2
     plane = [a for a in range(3) if a != slice_axis]
-    two_d = _configuration(spacing[plane], median_shape[plane], dataset_voxels, config.initial_patch_voxels_2d, config.max_features_2d,
-                           config.patch_size_2d, config.batch_size_2d, config)
-    two_d["slice_axis"] = slice_axis
-    two_d["plane_axes"] = plane
-    return {"3d": three_d, "2d": two_d}
+    two_d = _configuration(spacing[plane], median_shape[plane], dataset_voxels, config.initial_patch_voxels_2d,
+                           config.patch_size_2d, config.batch_size_2d, config, sizing(device, config, 2), slice_axis)
+    two_d.target_spacing = [float(v) for v in spacing]
+    result[TWO_D] = two_d
+    return result
+
+
+def default_3d(configurations_: dict[str, Configuration], device: DeviceProfile) -> tuple[str, str]:
+    """Which configuration ``3d`` names, and why: on a CPU the coarse grid when there is one."""
+    if device.kind == "cpu" and LOWRES in configurations_:
+        return LOWRES, "CPU plan: 3d_lowres trains many more steps per minute on context the full-resolution patch cannot see, and infers a CT in seconds"
+    return FULLRES, "full resolution" + (" (GPU plan)" if device.kind == "cuda" else " (the CPU patch covers enough of each case)")
 
 
 # --- the plan ------------------------------------------------------------------------------------
-def make_plan(description: DatasetDescription, fingerprint: dict[str, Any], config: PlanConfig | None = None) -> dict[str, Any]:
-    """Derive the plan (a JSON-ready dict) from a dataset description and its fingerprint."""
+def _preprocessing(description: DatasetDescription, fingerprint: dict[str, Any], spacing: list[float], config: PlanConfig) -> Preprocessing:
+    return Preprocessing(
+        target_spacing=spacing,
+        num_channels=description.num_channels,
+        labels=description.label_values,
+        normalization=normalization_schemes(description, fingerprint, config),
+        resampling=Resampling(image_order=config.image_order, label=config.label_resampling,
+                              separate_axis_ratio=config.separate_axis_ratio, out_of_plane_order=config.out_of_plane_order),
+        class_locations_per_class=config.class_locations_per_class,
+        seed=config.seed,
+        ignore_label=description.ignore_label,
+    )
+
+
+def make_plan(description: DatasetDescription, fingerprint: dict[str, Any], config: PlanConfig | None = None, device: DeviceProfile | None = None) -> Plan:
+    """Derive the plan from a dataset description and its fingerprint, for ``device`` (default: ``config.device``)."""
     config = config or PlanConfig()
+    device = device or device_profile(config)
     cases = fingerprint["cases"]
     spacings = np.array([case["spacing"] for case in cases], dtype=float)
     shapes = np.array([case["shape_cropped"] for case in cases], dtype=float)
     spacing, spacing_reason = target_spacing(spacings, shapes, config)
     shapes_at_target = np.maximum(np.round(shapes * spacings / np.asarray(spacing)), 1)
-    separate = "coarse axis resampled separately with order 0 when one axis is more than " f"{config.separate_axis_ratio:g}x coarser than the finest"
-    preprocessing = {
-        "orientation": "RAS",
-        "crop": "bounding box of voxels nonzero in any channel or labelled",
-        "target_spacing": spacing,
-        "num_channels": description.num_channels,
-        "labels": description.label_values,
-        "normalization": normalization_schemes(description, fingerprint, config),
-        "resampling": {
-            "image_order": config.image_order,
-            "label": config.label_resampling,
-            "separate_axis_ratio": config.separate_axis_ratio,
-            "out_of_plane_order": config.out_of_plane_order,
-        },
-        "class_locations_per_class": config.class_locations_per_class,
-        "seed": config.seed,
-    }
-    plan: dict[str, Any] = {
-        "plan_version": PLAN_VERSION,
-        "medseg_version": __version__,
-        "dataset": description.name,
-        "dataset_format": description.format,
-        "channels": [{"index": i, "name": n, "modality": m} for i, (n, m) in enumerate(zip(description.channel_names, description.modalities))],
-        "labels": {str(k): v for k, v in sorted(description.labels.items())},
-        "regions": {k: list(v) for k, v in description.regions.items()},
-        "canonical_orientation": "RAS",
-        "transpose": [0, 1, 2],
-        "target_spacing": spacing,
-        "target_spacing_reason": spacing_reason,
-        "resampling_note": separate,
-        "preprocessing": preprocessing,
-        "gpu_memory_gb": config.gpu_memory_gb,
-        "configurations": configurations(spacing, shapes_at_target, config),
-        "fingerprint_summary": {
+    planned = configurations(spacing, shapes_at_target, config, device)
+    alias, alias_reason = default_3d(planned, device)
+    return Plan(
+        medseg_version=__version__,
+        dataset=description.name,
+        dataset_format=description.format,
+        channels=[{"index": i, "name": n, "modality": m} for i, (n, m) in enumerate(zip(description.channel_names, description.modalities))],
+        labels=dict(sorted(description.labels.items())),
+        regions={k: list(v) for k, v in description.regions.items()},
+        regions_class_order=description.regions_class_order,
+        target_spacing=spacing,
+        target_spacing_reason=spacing_reason,
+        resampling_note=f"coarse axis resampled separately with order 0 when one axis is more than {config.separate_axis_ratio:g}x coarser than the finest",
+        preprocessing=_preprocessing(description, fingerprint, spacing, config),
+        planned_for=device,
+        configurations=planned,
+        aliases={"3d": alias},
+        alias_reasons={"3d": alias_reason},
+        fingerprint_summary={
             "num_cases": fingerprint["num_cases"],
             "median_spacing": fingerprint["median_spacing"],
             "spacing_min": [float(v) for v in spacings.min(axis=0)],
@@ -304,45 +396,34 @@ def make_plan(description: DatasetDescription, fingerprint: dict[str, Any], conf
             "median_shape_at_target": [float(v) for v in np.median(shapes_at_target, axis=0)],
             "median_crop_fraction": fingerprint["median_crop_fraction"],
             "orientations": fingerprint.get("orientations", []),
-            "intensity_foreground": [{k: v for k, v in stats.items()} for stats in fingerprint["intensity_foreground"]],
+            "intensity_foreground": [dict(stats) for stats in fingerprint["intensity_foreground"]],
             "class_frequency": fingerprint["class_frequency"],
         },
-        "config": config.model_dump(mode="json"),
-    }
-    plan["preprocessing_hash"] = preprocessing_hash(plan)
-    return plan
+        config=config.model_dump(mode="json"),
+    )
 
 
-def save_plan(plan: dict[str, Any], path: str | Path) -> Path:
-    plan = dict(plan)
-    plan["preprocessing_hash"] = preprocessing_hash(plan)
-    return write_json(path, plan)
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    return write_plan(plan, path)
 
 
-def load_plan(path: str | Path) -> dict[str, Any]:
-    """Read a plan; a hand-edited plan is fine (its hash is recomputed from the content)."""
-    plan = read_json(path)
-    if not isinstance(plan, dict) or "preprocessing" not in plan:
-        raise InputError(path, "not a medseg plan (no 'preprocessing' section); create one with `medseg plan DATASET`")
-    if plan.get("plan_version") != PLAN_VERSION:
-        raise InputError(path, f"plan version {plan.get('plan_version')} is not supported (expected {PLAN_VERSION}); re-run `medseg plan`")
-    current = preprocessing_hash(plan)
-    if plan.get("preprocessing_hash") != current:
-        log.info("%s: preprocessing section was edited (hash %s -> %s)", path, plan.get("preprocessing_hash"), current)
-        plan["preprocessing_hash"] = current
-    return plan
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan; a hand-edited plan is fine (its identity is recomputed from the content)."""
+    return read_plan(path)
 
 
-def plan_dataset(root: str | Path, config: DataConfig | None = None, output: str | Path | None = None, *, workers: int = 2, progress: bool = True) -> dict[str, Any]:
+def plan_dataset(root: str | Path, config: Any = None, output: str | Path | None = None, *, workers: int = 2, progress: bool = True) -> Plan:
     """Load, fingerprint (reusing ``fingerprint.json`` beside ``output`` when current) and plan a raw dataset.
 
-    ``config`` is a :class:`medseg.data.config.DataConfig`; the plan is saved to ``output`` if given.
+    ``config`` is a :class:`~medseg.config.schema.RunConfig` (its ``fingerprint`` and ``plan``
+    sections are read); the plan is saved to ``output`` if given.
     """
-    config = config or DataConfig()
+    fingerprint_config: FingerprintConfig = config.fingerprint if config is not None else FingerprintConfig()
+    plan_config: PlanConfig = config.plan if config is not None else PlanConfig()
     description = load_dataset(root)
     fingerprint_path = Path(output).parent / "fingerprint.json" if output else None
-    fingerprint = load_or_compute_fingerprint(description, fingerprint_path, config.fingerprint, workers=workers, progress=progress)
-    plan = make_plan(description, fingerprint, config.plan)
+    fingerprint = load_or_compute_fingerprint(description, fingerprint_path, fingerprint_config, workers=workers, progress=progress)
+    plan = make_plan(description, fingerprint, plan_config)
     if output:
         save_plan(plan, output)
     return plan

@@ -1,19 +1,27 @@
-"""One case from raw volumes to training-ready arrays, and back to the raw grid.
+"""The raw grid <-> model grid round trip of one case: preprocessing forward, and its exact inverse.
 
-The steps, in order (nnU-Net's, with medseg's geometry bookkeeping):
+Forward (:func:`preprocess_volume`), in order (nnU-Net's steps, with medseg's geometry bookkeeping):
 
 1. **reorient** every channel and the label to RAS (axis permutation/flips only, no interpolation);
 2. **crop** to the bounding box of voxels that are nonzero in any channel *or* labelled, so cropping
    can never cut away a label;
-3. **normalize** each channel as the plan says (CT: clip + dataset z-score; MR/other: per-image
-   z-score, inside the nonzero mask when the plan asks for it);
-4. **resample** to the target spacing (:mod:`medseg.data.resample`): images cubic, labels with the
-   plan's explicit label method, the coarse axis of anisotropic data separately with order 0;
+3. **normalize** each channel as the plan says (:mod:`medseg.data.normalize`);
+4. **resample** to the configuration's grid (:mod:`medseg.data.resample`): images cubic, labels with
+   the plan's explicit label method (the ignore label always nearest), the coarse axis of
+   anisotropic data separately with order 0;
 5. sample **class locations** (voxel coordinates per foreground class) for oversampling.
 
-The returned properties record every step (original shape and affine, orientation transform,
-crop box, spacings, resampling axis), so :func:`invert_to_raw` maps predictions back onto the
-exact raw grid.
+Every step is recorded in a :class:`~medseg.schema.CaseGeometry`, and the inverse reads only that:
+:func:`restore_labels` maps class probabilities on the model grid back to a label map on the raw
+grid slab by slab (never holding the class maps at full resolution), :func:`restore_label_map`
+does the same for a label or instance-id map (nearest: ids are never blended), and
+:func:`ras_to_raw` undoes the reorientation. Both use the sampling rules of
+:mod:`medseg.data.resample` (edge-aligned axes, order 0 along a separately resampled axis), so the
+forward and inverse steps cannot drift apart.
+
+Inverse, measured on 2 cores (AMD EPYC), 137x137x150 -> 512x512x300, 3 classes: the reference
+(SimpleITK linear per class on a full-size canvas, then argmax) took 13.3 s and 2.7 GB above the
+baseline; the slab path 2.0 s and 0.36 GB, and 7.0 s for 14 classes.
 """
 
 from __future__ import annotations
@@ -21,21 +29,27 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from scipy import ndimage
+from nibabel.orientations import apply_orientation
 
+from medseg.data.normalize import needs_nonzero_mask, nonzero_mask, normalize
+from medseg.data.resample import axis_sampling, label_kind, new_shape_for_spacing, resample_3d, resample_channels, resampled_affine, separate_axis
 from medseg.errors import InputError
-from medseg.io.geometry import corner_points, orientation_code
+from medseg.io.geometry import corner_points, orientation_code, reoriented_grid
 from medseg.io.volume import Volume, label_dtype
-from medseg.data.resample import Kind, label_kind, new_shape_for_spacing, resample_3d, resample_channels, resampled_affine, separate_axis
+from medseg.schema.case import CaseGeometry, CaseProperties
+from medseg.schema.plan import Configuration, Plan
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 CANONICAL = "RAS"
 GRID_TOLERANCE_MM = 0.01
+BYTES_PER_VALUE_IN_FLIGHT = 4 + 4  # float32 class maps of a slab, plus max value and index per voxel
 
 
 @dataclass
@@ -58,19 +72,22 @@ class CanonicalCase:
 class PreprocessedCase:
     image: np.ndarray  # (C, X, Y, Z) float32
     seg: np.ndarray | None  # (X, Y, Z) uint8/uint16
-    properties: dict[str, Any]
+    properties: CaseProperties
+
+    @property
+    def geometry(self) -> CaseGeometry:
+        return self.properties.geometry
 
 
-def _split_channels(volumes: Volume | Sequence[Volume]) -> list[Volume]:
+def split_channels(volumes: Volume | Sequence[Volume]) -> list[Volume]:
+    """One volume per channel from a 4D volume or a list of 3D ones."""
     if isinstance(volumes, Volume):
-        if volumes.array.ndim == 4:
-            return [Volume(volumes.array[..., c], volumes.affine, "image", dict(volumes.meta)) for c in range(volumes.channels)]
-        return [volumes]
-    return list(volumes)
+        return volumes.split_channels()
+    return [channel for volume in volumes for channel in volume.split_channels()]
 
 
-def _source(volume: Volume) -> str:
-    return str(volume.meta.get("source", "image"))
+def _source(volume: Volume | None) -> str:
+    return "image" if volume is None else str(volume.meta.get("source", "image"))
 
 
 def _grid_difference(a: Volume, b: Volume) -> str:
@@ -98,11 +115,11 @@ def _float32_stack(views: Sequence[np.ndarray]) -> np.ndarray:
 
 def to_canonical(volumes: Volume | Sequence[Volume], label: Volume | None = None, tolerance_mm: float = GRID_TOLERANCE_MM) -> CanonicalCase:
     """Reorient channels (and label) to RAS after checking they share one grid."""
-    channels = _split_channels(volumes)
+    channels = split_channels(volumes)
     if not channels:
         raise ValueError("no image volumes given")
     reference = channels[0]
-    transform = ornt_transform(io_orientation(reference.affine), axcodes2ornt(tuple(CANONICAL)))
+    _, _, transform = reoriented_grid(reference.shape, reference.affine, CANONICAL)
     canonical = [volume.reoriented(CANONICAL, copy=False) for volume in channels]
     for volume, original in zip(canonical[1:], channels[1:]):
         if not volume.same_grid(canonical[0], tolerance_mm):
@@ -136,54 +153,15 @@ def crop(array: np.ndarray, bbox: Sequence[Sequence[int]]) -> np.ndarray:
     return array[(Ellipsis, *region)]
 
 
-def nonzero_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels nonzero in any channel, holes filled (the body, not just its bright parts)."""
-    return ndimage.binary_fill_holes(np.any(image != 0, axis=0))
-
-
-def normalize(image: np.ndarray, schemes: Sequence[dict[str, Any]], mask: np.ndarray | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Normalize each channel of ``(C, ...)`` in place as its scheme says; return the values used."""
-    used = []
-    for channel, scheme in enumerate(schemes):
-        data = image[channel]
-        kind = scheme["scheme"]
-        if kind == "ct":
-            lo, hi = scheme["clip"]
-            np.clip(data, lo, hi, out=data)
-            mean, std = float(scheme["mean"]), float(scheme["std"])
-            data -= mean
-            data /= max(std, 1e-8)
-            used.append({"scheme": "ct", "mean": mean, "std": std, "clip": [lo, hi]})
-        elif kind == "zscore":
-            region = mask if scheme.get("use_nonzero_mask") and mask is not None and mask.any() else None
-            values = data[region] if region is not None else data
-            mean, std = float(values.mean()), float(values.std())
-            data -= mean
-            data /= max(std, 1e-8)
-            if region is not None:
-                data[~region] = 0
-            used.append({"scheme": "zscore", "mean": mean, "std": std, "masked": region is not None})
-        elif kind == "rescale":
-            lo, hi = float(data.min()), float(data.max())
-            data -= lo
-            data /= max(hi - lo, 1e-8)
-            used.append({"scheme": "rescale", "min": lo, "max": hi})
-        elif kind == "none":
-            used.append({"scheme": "none"})
-        else:
-            raise ValueError(f"unknown normalization scheme {kind!r}")
-    return image, used
-
-
-def sample_class_locations(seg: np.ndarray, classes: Sequence[int], per_class: int, rng: np.random.Generator) -> dict[str, list[list[int]]]:
+def sample_class_locations(seg: np.ndarray, classes: Sequence[int], per_class: int, rng: np.random.Generator) -> dict[int, list[list[int]]]:
     """Up to ``per_class`` random voxel coordinates of each class present (for foreground oversampling)."""
     flat = seg.reshape(-1)
-    locations: dict[str, list[list[int]]] = {}
+    locations: dict[int, list[list[int]]] = {}
     for value in classes:
         hits = np.flatnonzero(flat == value)
         if len(hits) > per_class:
             hits = np.sort(rng.choice(hits, per_class, replace=False))
-        locations[str(value)] = np.stack(np.unravel_index(hits, seg.shape), axis=1).astype(int).tolist() if len(hits) else []
+        locations[int(value)] = np.stack(np.unravel_index(hits, seg.shape), axis=1).astype(int).tolist() if len(hits) else []
     return locations
 
 
@@ -191,127 +169,180 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case_id.encode())])
 
 
-def preprocess_volume(
-    volumes: Volume | Sequence[Volume],
-    plan: dict[str, Any],
-    config: Any = None,
-    label: Volume | None = None,
-    case_id: str = "case",
-) -> PreprocessedCase:
-    """Reorient, crop, normalize and resample one case as ``plan`` says; ``label`` is optional (inference).
+def resample_label(seg: np.ndarray, new_shape: Sequence[int], method: str, axis: int | None, ignore_label: int | None) -> np.ndarray:
+    """The plan's label method for the classes; the ignore label is never a class, so it goes nearest."""
+    seg = seg.astype(label_dtype(int(seg.max()) if seg.size else 0), copy=False)
+    if ignore_label is None or method == "nearest" or not np.any(seg == ignore_label):
+        return resample_3d(seg, new_shape, label_kind(method), axis=axis)
+    ignored = resample_3d((seg == ignore_label).astype(np.uint8), new_shape, "label_nearest", axis=axis).astype(bool)
+    classes = resample_3d(np.where(seg == ignore_label, 0, seg).astype(seg.dtype), new_shape, label_kind(method), axis=axis)
+    classes[ignored] = ignore_label
+    return classes
 
-    ``config`` is accepted for symmetry with the other pipeline steps; every choice that changes
-    the result is read from the plan, so a cached case and a case preprocessed at inference time
-    always agree.
-    """
-    settings = plan["preprocessing"]
-    channels = _split_channels(volumes)
-    if len(channels) != settings["num_channels"]:
-        raise InputError(_source(channels[0]), f"has {len(channels)} channel(s); the plan expects {settings['num_channels']}")
-    case = to_canonical(channels, label)
+
+def _check_inputs(channels: list[Volume], case: CanonicalCase, plan: Plan, label: Volume | None) -> None:
     bad = ~np.isfinite(case.image)
     if bad.any():
         raise InputError(_source(channels[0]), f"image has {int(bad.sum())} NaN/inf voxels")
     if case.label is not None:
-        undeclared = sorted(set(np.unique(case.label).tolist()) - set(settings["labels"]))
+        undeclared = sorted(set(np.unique(case.label).tolist()) - set(plan.preprocessing.labels))
         if undeclared:
-            raise InputError(_source(label), f"label values {undeclared} are not in the plan's labels {settings['labels']}")
+            raise InputError(_source(label), f"label values {undeclared} are not in the plan's labels {plan.preprocessing.labels}")
+
+
+def preprocess_volume(
+    volumes: Volume | Sequence[Volume],
+    plan: Plan,
+    configuration: Configuration | str | None = None,
+    label: Volume | None = None,
+    case_id: str = "case",
+) -> PreprocessedCase:
+    """Reorient, crop, normalize and resample one case onto ``configuration``'s grid (default: the plan's).
+
+    ``label`` is optional (inference). Every choice that changes the result is read from the
+    plan, so a cached case and a case preprocessed at inference time always agree.
+    """
+    settings = plan.preprocessing
+    if configuration is None:
+        target = np.asarray(settings.target_spacing, dtype=float)
+    else:
+        chosen = plan.configuration(configuration) if isinstance(configuration, str) else configuration
+        target = np.asarray(chosen.grid_spacing(), dtype=float)
+    channels = split_channels(volumes)
+    if len(channels) != settings.num_channels:
+        raise InputError(_source(channels[0]), f"has {len(channels)} channel(s); the plan expects {settings.num_channels}")
+    case = to_canonical(channels, label)
+    _check_inputs(channels, case, plan, label)
     bbox = nonzero_bbox(case.image, case.label)
     full = all(lo == 0 and hi == n for (lo, hi), n in zip(bbox, case.image.shape[1:]))
     image = case.image if full else crop(case.image, bbox).copy(order="K")  # normalized in place next
     seg = None if case.label is None else np.ascontiguousarray(crop(case.label, bbox))
     cropped_affine = case.affine.copy()
     cropped_affine[:3, 3] = case.affine[:3, :3] @ np.array([lo for lo, _ in bbox], dtype=float) + case.affine[:3, 3]
-    needs_mask = any(s["scheme"] == "zscore" and s.get("use_nonzero_mask") for s in settings["normalization"])
-    mask = nonzero_mask(image) if needs_mask else None
-    image, used = normalize(image, settings["normalization"], mask)
+    mask = nonzero_mask(image) if needs_nonzero_mask(settings.normalization) else None
+    image, used = normalize(image, settings.normalization, mask)
 
     spacing = case.spacing
-    target = np.asarray(settings["target_spacing"], dtype=float)
     cropped_shape = image.shape[1:]
     new_shape = new_shape_for_spacing(cropped_shape, spacing, target)
-    resampling = settings["resampling"]
-    axis = separate_axis(spacing, target, resampling["separate_axis_ratio"])
-    image = resample_channels(image, new_shape, "image", axis=axis, image_order=resampling["image_order"], out_of_plane_order=resampling["out_of_plane_order"])
-    class_locations: dict[str, list[list[int]]] = {}
+    resampling = settings.resampling
+    axis = separate_axis(spacing, target, resampling.separate_axis_ratio)
+    image = resample_channels(image, new_shape, "image", axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
+    class_locations: dict[int, list[list[int]]] = {}
     if seg is not None:
-        seg = resample_3d(seg.astype(label_dtype(int(seg.max()) if seg.size else 0), copy=False), new_shape, label_kind(resampling["label"]), axis=axis)
-        foreground = [value for value in settings["labels"] if value != 0]
-        class_locations = sample_class_locations(seg, foreground, settings["class_locations_per_class"], case_rng(settings["seed"], case_id))
-    properties = {
-        "case_id": case_id,
-        "original_shape": list(case.original_shape),
-        "original_affine": case.original_affine.tolist(),
-        "original_orientation": orientation_code(case.original_affine),
-        "orientation": CANONICAL,
-        "orientation_transform": case.transform.astype(int).tolist(),
-        "ras_shape": list(case.image.shape[1:]),
-        "ras_affine": case.affine.tolist(),
-        "crop_bbox": bbox,
-        "cropped_shape": [int(n) for n in cropped_shape],
-        "cropped_affine": cropped_affine.tolist(),
-        "spacing_before": [float(s) for s in spacing],
-        "target_spacing": [float(s) for s in target],
-        "spacing_after": [float(s * o / n) for s, o, n in zip(spacing, cropped_shape, new_shape)],
-        "resampled_shape": list(new_shape),
-        "resampled_affine": resampled_affine(cropped_affine, cropped_shape, new_shape).tolist(),
-        "separate_axis": axis,
-        "label_resampling": resampling["label"],
-        "normalization": used,
-        "class_locations": class_locations,
-        "classes_present": [int(k) for k, v in class_locations.items() if v],
-    }
+        seg = resample_label(seg, new_shape, resampling.label, axis, settings.ignore_label)
+        foreground = [value for value in settings.labels if value != 0 and value != settings.ignore_label]
+        class_locations = sample_class_locations(seg, foreground, settings.class_locations_per_class, case_rng(settings.seed, case_id))
+    geometry = CaseGeometry(
+        original_shape=case.original_shape,
+        original_affine=case.original_affine.tolist(),
+        original_orientation=orientation_code(case.original_affine),
+        orientation_transform=case.transform.astype(int).tolist(),
+        ras_shape=case.image.shape[1:],
+        ras_affine=case.affine.tolist(),
+        crop_bbox=[tuple(pair) for pair in bbox],
+        cropped_shape=cropped_shape,
+        cropped_affine=cropped_affine.tolist(),
+        spacing_before=[float(s) for s in spacing],
+        target_spacing=[float(s) for s in target],
+        spacing_after=[float(s * o / n) for s, o, n in zip(spacing, cropped_shape, new_shape)],
+        resampled_shape=new_shape,
+        resampled_affine=resampled_affine(cropped_affine, cropped_shape, new_shape).tolist(),
+        separate_axis=axis,
+    )
+    properties = CaseProperties(case_id=case_id, geometry=geometry, label_resampling=resampling.label, normalization=used,
+                                class_locations=class_locations, classes_present=[k for k, v in class_locations.items() if v])
     return PreprocessedCase(image, seg, properties)
 
 
-def inverse_orientation(properties: dict[str, Any]) -> np.ndarray:
-    """The nibabel ornt that takes a RAS-grid array back to the raw input's stored axis order."""
-    transform = np.asarray(properties["orientation_transform"], dtype=float)
-    inverse = np.zeros_like(transform)
-    for source_axis, (target_axis, flip) in enumerate(transform):
-        inverse[int(target_axis)] = [source_axis, flip]
-    return inverse
+# --- the inverse ---------------------------------------------------------------------------------
+def ras_to_raw(array: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
+    """Reorient a RAS-grid (X, Y, Z) array to the input's raw voxel order (contiguous copy)."""
+    raw = np.ascontiguousarray(apply_orientation(array, geometry.inverse_orientation()))
+    if tuple(raw.shape) != tuple(geometry.original_shape):
+        raise ValueError(f"restored shape {raw.shape} differs from the input's {geometry.original_shape} (corrupt case geometry?)")
+    return raw
 
 
-def raw_affine_check(properties: dict[str, Any]) -> np.ndarray:
-    """Affine of the raw grid recomputed from the RAS grid and the recorded transform (equals the original)."""
-    inverse = inverse_orientation(properties)
-    return np.asarray(properties["ras_affine"]) @ inv_ornt_aff(inverse, properties["ras_shape"])
+def _slab_plan(geometry: CaseGeometry) -> tuple[int, tuple[int, int], tuple[np.ndarray, ...]]:
+    """The slab axis (the separately resampled one, else the last), the in-plane shape and the axis sampling."""
+    separate = geometry.separate_axis
+    slab_axis = int(separate) if separate is not None else 2
+    cropped = tuple(int(n) for n in geometry.cropped_shape)
+    plane = tuple(cropped[a] for a in range(3) if a != slab_axis)
+    sampling = axis_sampling(geometry.resampled_shape[slab_axis], cropped[slab_axis], nearest=separate is not None)
+    return slab_axis, plane, sampling  # type: ignore[return-value]
 
 
-def invert_to_raw(array: np.ndarray, properties: dict[str, Any], kind: Kind) -> np.ndarray:
-    """Map an array on the preprocessed grid back onto the case's raw grid, exactly.
+def _slab_source(values: torch.Tensor, slab_axis: int, first: int, last: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:  # noqa: F821
+    """Model-grid slices ``first:last`` along the slab axis as ``(n_in, K, a, b)``."""
+    source = values.narrow(slab_axis + 1, first, last - first).movedim(slab_axis + 1, 0)
+    return source.to(device=device, dtype=dtype).contiguous()
 
-    ``kind``: ``"label_nearest"`` / ``"label_linear"`` for label maps (X, Y, Z),
-    ``"probabilities"`` for (C, X, Y, Z) class probabilities (outside the crop: background = 1),
-    ``"image"`` for (C, X, Y, Z) or (X, Y, Z) intensities (outside the crop: 0).
+
+def restore_labels(
+    probabilities: torch.Tensor,
+    geometry: CaseGeometry,
+    *,
+    compute_device: torch.device | str = "cpu",
+    chunk_mb: int = 256,
+    keep_probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(K, *resampled_shape)`` probabilities -> (raw label map, raw float16 ``(K, *raw)`` or None).
+
+    The labels equal the argmax of the probabilities resampled linearly per class onto the cropped
+    RAS grid (the coarse axis of anisotropic data by nearest slice), background outside the crop,
+    then reoriented: along the slab axis first while the planes are still at model resolution,
+    then one bilinear upsampling (``align_corners=False``: the edge-aligned positions of
+    :mod:`medseg.data.resample`) and one max per class and voxel.
     """
-    expected = tuple(properties["resampled_shape"])
-    if tuple(array.shape[-3:]) != expected:
-        raise ValueError(f"array shape {array.shape} does not match the preprocessed grid {expected}")
-    cropped_shape = tuple(properties["cropped_shape"])
-    axis = properties.get("separate_axis")
-    ras_shape = tuple(properties["ras_shape"])
-    region = tuple(slice(lo, hi) for lo, hi in properties["crop_bbox"])
-    if kind.startswith("label"):
-        if array.ndim != 3:
-            raise ValueError(f"label maps must be 3D, got shape {array.shape}")
-        back = resample_3d(array, cropped_shape, kind, axis=axis)
-        canvas = np.zeros(ras_shape, dtype=back.dtype)
-        canvas[region] = back
-        channels = canvas[None]
-    else:
-        stack = array[None] if array.ndim == 3 else array
-        order = 1 if kind == "probabilities" else 3
-        back = resample_channels(stack, cropped_shape, kind, axis=axis, image_order=order)
-        canvas = np.zeros((stack.shape[0], *ras_shape), dtype=np.float32)
-        if kind == "probabilities":
-            canvas[0] = 1.0
-        canvas[(slice(None), *region)] = back
-        channels = canvas
-    inverse = inverse_orientation(properties)
-    raw = np.stack([apply_orientation(channel, inverse) for channel in channels])
-    if tuple(raw.shape[1:]) != tuple(properties["original_shape"]):
-        raise ValueError(f"inverted shape {raw.shape[1:]} differs from the original {properties['original_shape']} (corrupt properties?)")
-    raw = np.ascontiguousarray(raw)
-    return raw[0] if (kind.startswith("label") or array.ndim == 3) else raw
+    classes = int(probabilities.shape[0])
+    if tuple(probabilities.shape[1:]) != tuple(geometry.resampled_shape):
+        raise ValueError(f"probabilities {tuple(probabilities.shape)} do not match the preprocessed grid {geometry.resampled_shape}")
+    import torch  # only the inverse needs torch; planning and preprocessing stay light
+    import torch.nn.functional as F
+
+    slab_axis, plane, (lower, upper, weight) = _slab_plan(geometry)
+    device = torch.device(compute_device)
+    dtype = label_dtype(classes - 1)
+    canvas = np.zeros(tuple(geometry.ras_shape), dtype=dtype)  # background outside the crop
+    labels_view = np.moveaxis(canvas[geometry.crop_region], slab_axis, 0)  # (n_out, *plane), writes go to canvas
+    probability_view = None
+    if keep_probabilities:
+        probability_canvas = np.zeros((classes, *geometry.ras_shape), dtype=np.float16)
+        probability_canvas[0] = 1.0
+        probability_view = np.moveaxis(probability_canvas[(slice(None), *geometry.crop_region)], slab_axis + 1, 0)  # (n_out, K, *plane)
+    per_slice = classes * int(np.prod(plane)) * BYTES_PER_VALUE_IN_FLIGHT
+    step = max(1, int(chunk_mb * 2**20 // max(per_slice, 1)))
+    lower_t, upper_t, weight_t = (torch.from_numpy(a).to(device) for a in (lower, upper, weight))
+    separate = geometry.separate_axis is not None
+    for start in range(0, len(lower), step):
+        stop = min(start + step, len(lower))
+        first, last = int(lower[start]), int(upper[stop - 1]) + 1
+        source = _slab_source(probabilities, slab_axis, first, last, device, torch.float32)
+        low = source[lower_t[start:stop] - first]  # (index_select is 40x slower on CPU here)
+        if not separate:
+            low = torch.lerp(low, source[upper_t[start:stop] - first], weight_t[start:stop].view(-1, 1, 1, 1))
+        if tuple(low.shape[2:]) != plane:
+            low = F.interpolate(low, size=plane, mode="bilinear", align_corners=False)
+        labels_view[start:stop] = torch.max(low, 1).indices.to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
+        if probability_view is not None:
+            probability_view[start:stop] = low.half().cpu().numpy()
+    labels = ras_to_raw(canvas, geometry)
+    probabilities_raw = None
+    if keep_probabilities:
+        probabilities_raw = np.stack([ras_to_raw(channel, geometry) for channel in probability_canvas])
+    return labels, probabilities_raw
+
+
+def restore_label_map(labels: np.ndarray, geometry: CaseGeometry) -> np.ndarray:
+    """A label (or instance-id) map on the model grid -> the raw grid, by nearest neighbour on every axis.
+
+    Ids are copied, never blended; outside the crop is 0.
+    """
+    if tuple(labels.shape) != tuple(geometry.resampled_shape):
+        raise ValueError(f"label map {labels.shape} does not match the preprocessed grid {geometry.resampled_shape}")
+    back = resample_3d(np.ascontiguousarray(labels), geometry.cropped_shape, "label_nearest", axis=geometry.separate_axis)
+    canvas = np.zeros(tuple(geometry.ras_shape), dtype=back.dtype)
+    canvas[geometry.crop_region] = back
+    return ras_to_raw(canvas, geometry)

@@ -125,12 +125,19 @@ class Recipe(Section):
 
 
 # --- finding recipes ---------------------------------------------------------------------------
+def packaged_folder(package: str) -> Path:
+    """The folder of a data-only package shipped with medseg (editable installs map it to the repository)."""
+    from importlib.resources import files
+
+    return Path(str(files(package)))
+
 
 
 def recipes_dir() -> Path:
-    """``$MEDSEG_RECIPES`` or the ``data_recipes/`` folder of the source tree."""
+    """``$MEDSEG_RECIPES``, else the recipes shipped with medseg (``data_recipes/`` of the repository,
+    installed as the package ``medseg.data_recipes``)."""
     override = os.environ.get("MEDSEG_RECIPES")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "data_recipes"
+    return Path(override) if override else packaged_folder("medseg.data_recipes")
 
 
 def read_recipe(path: str | Path) -> Recipe:

@@ -209,14 +209,28 @@ def _axis_indices(old: int, new: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return lower, upper, coordinate - lower
 
 
+def nearest_indices(old: int, new: int) -> np.ndarray:
+    """Order-0 source index of each output voxel along one edge-aligned axis (ties go up, like ITK)."""
+    return np.clip(np.floor(_source_coordinates(old, new) + 0.5).astype(int), 0, old - 1)
+
+
+def axis_sampling(old: int, new: int, nearest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lower, upper, weight of upper)`` along one axis, for callers that interpolate themselves
+    (the inverse of preprocessing does it slab by slab); ``nearest`` gives order-0 indices, weight 0."""
+    if nearest:
+        index = nearest_indices(old, new)
+        return index, index, np.zeros(new, dtype=np.float32)
+    lower, upper, weight = _axis_indices(old, new)
+    return lower, upper, weight.astype(np.float32)
+
+
 def _resample_axis(array: np.ndarray, axis: int, new_length: int, order: int) -> np.ndarray:
     """Resample along one axis only with order 0 (exact copy of the nearest slice) or 1."""
     old = array.shape[axis]
     if old == new_length:
         return array
     if order == 0:
-        index = np.clip(np.floor(_source_coordinates(old, new_length) + 0.5).astype(int), 0, old - 1)  # ties go up, like ITK
-        return np.take(array, index, axis=axis)
+        return np.take(array, nearest_indices(old, new_length), axis=axis)
     if order != 1:
         raise ValueError(f"out-of-plane order must be 0 or 1, got {order}")
     lower, upper, weight = _axis_indices(old, new_length)

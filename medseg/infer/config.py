@@ -1,7 +1,7 @@
 """``infer:`` config section: every setting of `medseg infer`, with the reason for its default.
 
-Override from the command line with ``--set infer.overlap=0.25`` or from a YAML file with an
-``infer:`` mapping. Postprocessing rules are keyed by label name or index::
+Override from the command line with ``--set infer.overlap=0.25`` or from any medseg config file's
+``infer:`` mapping; a model's own run config (saved at training time) is the starting point. Postprocessing rules are keyed by label name or index::
 
     infer:
       postprocess:
@@ -11,12 +11,11 @@ Override from the command line with ``--set infer.overlap=0.25`` or from a YAML 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from medseg.config import Section, load
+from medseg.config import Section
 
 #: Label names that count as lesions (connected components are counted in the sidecar) when
 #: ``lesion_labels`` is not set.
@@ -79,14 +78,3 @@ class InferConfig(Section):
         if isinstance(value, bool):
             return "on" if value else "off"
         return value
-
-
-class InferSettings(Section):
-    """Root object of `medseg infer --config/--set`: only the ``infer`` section."""
-
-    infer: InferConfig = Field(default_factory=InferConfig)
-
-
-def load_infer_config(path: str | Path | None = None, overrides: list[str] | None = None) -> InferConfig:
-    """Defaults <- YAML ``infer:`` section <- ``--set infer.key=value`` overrides."""
-    return load(InferSettings, path, overrides).infer

@@ -13,16 +13,15 @@ cases still run.
 from __future__ import annotations
 
 import glob
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medseg.data import naming
 from medseg.errors import InputError
 from medseg.io.atomic import full_suffix
 from medseg.io.readers import READABLE_SUFFIXES, is_dicom_file, read_volume
 from medseg.io.volume import Volume
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _GLOB_CHARACTERS = set("*?[")
 DICOM_PROBE_FILES = 8
 
@@ -47,15 +46,11 @@ class Discovery:
     single: bool = False  # INPUT named exactly one file or series
 
 
-def _junk(path: Path) -> bool:
-    return path.name.startswith((".", "~")) or path.name.endswith("~")
-
-
 def is_dicom_folder(folder: Path) -> bool:
     """A folder with DICOM files directly inside (by ``.dcm`` suffix or the ``DICM`` marker)."""
     probed = 0
     for entry in sorted(folder.iterdir()):
-        if not entry.is_file() or _junk(entry):
+        if not entry.is_file() or naming.is_junk(entry):
             continue
         if entry.suffix.lower() == ".dcm" or is_dicom_file(entry):
             return True
@@ -71,25 +66,20 @@ def _has_nested_dicom(folder: Path) -> bool:
     return bool(list_dicom_series(folder))
 
 
-def _stem(path: Path) -> str:
-    suffix = full_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
-
-
 def _image_file(path: Path) -> bool:
-    return path.is_file() and not _junk(path) and (full_suffix(path) in READABLE_SUFFIXES or is_dicom_file(path))
+    return path.is_file() and not naming.is_junk(path) and (full_suffix(path) in READABLE_SUFFIXES or is_dicom_file(path))
 
 
 def _group(files: list[Path], in_channels: int) -> list[CaseSource]:
     """Files -> cases, grouping ``<case>_NNNN`` channel files that start at ``_0000``."""
-    stems = {_stem(path): path for path in files}
+    stems = {naming.stem(path): path for path in files}
     groups: dict[str, dict[int, Path]] = {}
     for stem, path in stems.items():
-        match = _CHANNEL.match(stem)
+        match = naming.CHANNEL_SUFFIX.match(stem)
         if match and f"{match['case']}_0000" in stems:
             groups.setdefault(match["case"], {})[int(match["channel"])] = path
     grouped = {path for channels in groups.values() for path in channels.values()}
-    cases = [CaseSource(_stem(path), [path]) for path in files if path not in grouped]
+    cases = [CaseSource(naming.stem(path), [path]) for path in files if path not in grouped]
     for name, channels in groups.items():
         ordered = [channels[index] for index in sorted(channels)]
         problem = None
@@ -117,20 +107,20 @@ def discover_cases(source: str | Path, in_channels: int) -> Discovery:
     elif not path.exists():
         raise InputError(path, "does not exist")
     elif path.is_file():
-        match = _CHANNEL.match(_stem(path))
+        match = naming.CHANNEL_SUFFIX.match(naming.stem(path))
         if match and in_channels > 1:  # one channel file named: take its case's other channels too
-            siblings = [p for p in sorted(path.parent.iterdir()) if _image_file(p) and _CHANNEL.match(_stem(p))
-                        and _CHANNEL.match(_stem(p))["case"] == match["case"]]
+            siblings = [p for p in sorted(path.parent.iterdir()) if _image_file(p) and naming.CHANNEL_SUFFIX.match(naming.stem(p))
+                        and naming.CHANNEL_SUFFIX.match(naming.stem(p))["case"] == match["case"]]
             cases = _group(siblings, in_channels)
         elif match and match["channel"] == "0000":
             cases = [CaseSource(match["case"], [path])]
         else:
-            cases = [CaseSource(_stem(path), [path])]
+            cases = [CaseSource(naming.stem(path), [path])]
         discovery = Discovery(cases, single=True)
     elif is_dicom_folder(path):
         discovery = Discovery([CaseSource(path.name, [path], dicom=True)], single=True)
     else:
-        entries = [entry for entry in sorted(path.iterdir()) if not _junk(entry)]
+        entries = [entry for entry in sorted(path.iterdir()) if not naming.is_junk(entry)]
         files = [entry for entry in entries if _image_file(entry)]
         folders = [CaseSource(entry.name, [entry], dicom=True) for entry in entries if entry.is_dir() and is_dicom_folder(entry)]
         discovery = Discovery(_group(files, in_channels) + folders)
@@ -152,9 +142,7 @@ def read_case(case: CaseSource, in_channels: int, spatial_dims: int, series: str
     if case.dicom:
         volumes = [read_volume(case.where, series=series)]
     elif len(case.paths) == 1:
-        volume = read_volume(case.where, allow_channels=True)
-        volumes = [volume] if volume.array.ndim == 3 else [
-            Volume(volume.array[..., c], volume.affine, "image", dict(volume.meta)) for c in range(volume.channels)]
+        volumes = read_volume(case.where, allow_channels=True).split_channels()
     else:
         volumes = [read_volume(path) for path in case.paths]
     if len(volumes) != in_channels:

@@ -1,41 +1,43 @@
 """Load what `medseg infer` predicts with: one checkpoint, a run folder, or a folder of folds.
 
-Every network of an ensemble must share the plan's preprocessing, the labels, the input channels
-and the patch size: the case is then preprocessed once and one sliding-window pass averages the
-folds' softmax inside each window (see :mod:`medseg.infer.predictor`).
+Every network of an ensemble must share the preprocessing (:meth:`medseg.schema.Plan.preprocessing_identity`,
+the same identity the cache uses), the labels, the input channels and the window: the case is then
+preprocessed once and one sliding-window pass averages the folds' probabilities inside each window
+(see :mod:`medseg.infer.predictor`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from medseg.errors import InputError
 from medseg.models.config import ModelConfig
 from medseg.models.registry import build_model
+from medseg.schema.checkpoint import CheckpointPayload, ValidationScores
+from medseg.schema.plan import Configuration, Plan
+from medseg.schema.records import describe_validation_error
 from medseg.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 BEST, LAST = "checkpoint_best.pt", "checkpoint_last.pt"
-#: Preprocessed arrays are RAS; a 2D network sees axial slices along this axis (as in training).
-SLICE_AXIS_2D = 2
 
 
 @dataclass
 class CheckpointInfo:
     path: Path
     sha256: str
-    fold: int | None
+    fold: int | str | None
     epoch: int | None
-    validation: dict[str, Any] | None
+    validation: ValidationScores | None
 
 
 @dataclass
@@ -43,24 +45,28 @@ class LoadedModel:
     """The networks of one model (one per fold) and everything needed to use them like in training."""
 
     networks: list[nn.Module]
-    plan: dict[str, Any]
+    plan: Plan
+    configuration: Configuration
     labels: dict[int, str]
     in_channels: int
-    patch_size: tuple[int, ...]
     name: str
     checkpoints: list[CheckpointInfo]
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the run config saved at training time (RunConfig JSON)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return self.configuration.patch
 
     @property
     def spatial_dims(self) -> int:
-        return len(self.patch_size)
+        return self.configuration.spatial_dims
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
     @property
-    def folds(self) -> list[int | None]:
+    def folds(self) -> list[int | str | None]:
         return [info.fold for info in self.checkpoints]
 
     def model_id(self) -> dict[str, Any]:
@@ -69,10 +75,11 @@ class LoadedModel:
         return {
             "id": combined[:12],
             "name": self.name,
+            "configuration": self.configuration.name,
             "folds": self.folds,
             "checkpoints": [
                 {"file": info.path.name, "sha256": info.sha256[:16], "fold": info.fold, "epoch": info.epoch,
-                 "validation_mean_dice": None if not info.validation else info.validation.get("mean_dice")}
+                 "validation_mean_dice": None if not info.validation else info.validation.mean_dice}
                 for info in self.checkpoints
             ],
         }
@@ -120,51 +127,51 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _preprocessing_key(plan: dict[str, Any]) -> str:
-    return json.dumps({"preprocessing": plan.get("preprocessing"), "target_spacing": plan.get("target_spacing")}, sort_keys=True)
-
-
-def _network(payload: dict[str, Any], path: Path) -> tuple[nn.Module, tuple[int, ...]]:
+def build_network(payload: CheckpointPayload, path: Path) -> nn.Module:
+    """The checkpoint's network with its weights, in eval mode and without gradients."""
+    spec = payload.model_spec
     try:
-        spec = payload["model_spec"]
-        model_config = ModelConfig(**payload["config"]["model"])
-        network = build_model(model_config, int(spec["in_channels"]), int(spec["out_channels"]), spec["plan_configuration"])
-        network.load_state_dict(payload["model"])
+        model_config = ModelConfig(**(payload.config.get("model") or {}))
+        network = build_model(model_config, spec.in_channels, spec.out_channels, spec.configuration.network_plan())
+        network.load_state_dict(payload.model)
+    except ValidationError as error:
+        raise InputError(path, f"checkpoint's model config is not valid here ({describe_validation_error(error)})") from error
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise InputError(path, f"checkpoint does not describe a network this medseg can rebuild ({str(error).splitlines()[0][:200]})") from error
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    return network, tuple(int(s) for s in spec["plan_configuration"]["patch_size"])
+    return network
+
+
+def _ensemble_key(payload: CheckpointPayload) -> dict[str, Any]:
+    return {
+        "preprocessing": payload.plan.preprocessing_identity(payload.configuration),
+        "labels": dict(payload.labels),
+        "in channels": payload.model_spec.in_channels,
+        "window": (payload.configuration.patch, payload.configuration.slice_axis),
+    }
 
 
 def load_model(model: str | Path) -> LoadedModel:
     """Load every checkpoint of ``model`` onto the CPU (move with :meth:`LoadedModel.to`)."""
     paths = resolve_checkpoints(model)
     networks, infos = [], []
-    reference: dict[str, Any] | None = None
+    reference: tuple[CheckpointPayload, Path, dict[str, Any]] | None = None
     for path in paths:
-        payload = load_checkpoint(path, map_location="cpu")
-        for key in ("plan", "labels", "model_spec", "config"):
-            if key not in payload:
-                raise InputError(path, f"checkpoint has no '{key}' entry; it was not written by `medseg train`")
-        network, patch = _network(payload, path)
-        current = {
-            "preprocessing": _preprocessing_key(payload["plan"]),
-            "labels": {int(k): str(v) for k, v in payload["labels"].items()},
-            "in_channels": int(payload["model_spec"]["in_channels"]),
-            "patch": patch,
-        }
+        payload = load_checkpoint(path)
+        key = _ensemble_key(payload)
         if reference is None:
-            reference = current | {"plan": payload["plan"], "name": payload["model_spec"]["name"], "config": payload["config"], "path": path}
+            reference = (payload.for_inference().model_copy(update={"model": {}}), path, key)
         else:
-            for key in ("preprocessing", "labels", "in_channels", "patch"):
-                if current[key] != reference[key]:
-                    raise InputError(path, f"its {key.replace('_', ' ')} differs from {reference['path']}; folds of one ensemble must come from one plan")
-        networks.append(network)
-        infos.append(CheckpointInfo(path, file_sha256(path), payload.get("fold"), payload.get("epoch"), payload.get("validation")))
+            for name, value in key.items():
+                if value != reference[2][name]:
+                    raise InputError(path, f"its {name} differs from {reference[1]}; folds of one ensemble must come from one plan")
+        networks.append(build_network(payload, path))
+        infos.append(CheckpointInfo(path, file_sha256(path), payload.fold, payload.epoch, payload.validation))
         del payload
     assert reference is not None
-    log.info("loaded %d network(s) of %s (%s)", len(networks), model, reference["name"])
-    return LoadedModel(networks, reference["plan"], reference["labels"], reference["in_channels"], reference["patch"],
-                       reference["name"], infos, reference["config"])
+    first = reference[0]
+    log.info("loaded %d network(s) of %s (%s, %s)", len(networks), model, first.model_spec.name, first.configuration.name)
+    return LoadedModel(networks, first.plan, first.configuration, dict(first.labels), first.model_spec.in_channels,
+                       first.model_spec.name, infos, first.config)

@@ -15,7 +15,6 @@ name the user's file was given, geometry, per-label volumes and the model's id.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import atomic_path, write_json
 from medseg.io.readers import write_label_map
 from medseg.io.volume import Volume
 
@@ -54,11 +53,6 @@ def output_paths(out: Path, case: str, single_file: bool = False) -> OutputPaths
         stem = out.name[: -len(suffix)]
         return OutputPaths(out, out.with_name(f"{stem}.json"), out.with_name(stem), out.with_name(f"{stem}_probabilities.npz"))
     return OutputPaths(out / f"{case}.nii.gz", out / f"{case}.json", out / case, out / f"{case}_probabilities.npz")
-
-
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _write_probabilities(probabilities: np.ndarray, reference: Volume, names: dict[int, str], path: Path, compress: bool) -> None:
@@ -98,7 +92,7 @@ def write_case(
         sidecar["outputs"] = {"mask": paths.mask.name,
                               "per_class": [str(p.relative_to(paths.mask.parent)) for p in written if p.parent == paths.per_class_dir],
                               "probabilities": paths.probabilities.name if probabilities is not None else None}
-        _write_json(sidecar, paths.sidecar)
+        write_json(paths.sidecar, sidecar, make_parents=False)
         written.append(paths.sidecar)
     except BaseException:
         for path in written:

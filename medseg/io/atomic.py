@@ -46,3 +46,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+def _json_default(value: object) -> object:
+    """numpy scalars/arrays and paths, which json cannot store by itself."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write ``text`` to ``path`` (the one writer of every text file medseg produces)."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+    return path
+
+
+def write_json(path: str | Path, data: object, indent: int | None = 2, *, allow_nan: bool = True, make_parents: bool = True) -> Path:
+    """Atomic JSON write; numpy values and paths are converted, ``indent=None`` writes compactly."""
+    import json
+
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    separators = None if indent else (",", ":")
+    text = json.dumps(data, indent=indent, default=_json_default, separators=separators, allow_nan=allow_nan)
+    return write_text(path, text + "\n")

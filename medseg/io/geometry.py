@@ -76,3 +76,25 @@ def corner_points(shape, affine: np.ndarray) -> np.ndarray:
     """World coordinates of the 8 corner voxel centres; two grids coincide iff these match."""
     corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
     return voxel_to_world(affine, corners)
+
+
+def reorientation(affine: np.ndarray, axcodes: str = "RAS") -> np.ndarray:
+    """The nibabel ornt that permutes/flips an array with ``affine`` so its axes point along ``axcodes``.
+
+    The one place that computes it: :meth:`medseg.io.Volume.reoriented`, dataset checks and
+    preprocessing all call this (only axis order and direction change, never a world position).
+    """
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    return ornt_transform(io_orientation(np.asarray(affine, dtype=float)), axcodes2ornt(tuple(axcodes)))
+
+
+def reoriented_grid(shape, affine: np.ndarray, axcodes: str = "RAS") -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """``(shape, affine, ornt)`` of the grid after reorienting to ``axcodes``, without touching voxels."""
+    from nibabel.orientations import inv_ornt_aff
+
+    transform = reorientation(affine, axcodes)
+    new_shape = [0, 0, 0]
+    for source, (target, _) in enumerate(transform):
+        new_shape[int(target)] = int(shape[source])
+    return tuple(new_shape), np.asarray(affine, dtype=float) @ inv_ornt_aff(transform, tuple(int(s) for s in shape[:3])), transform  # type: ignore[return-value]

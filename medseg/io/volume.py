@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
-from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform, inv_ornt_aff, apply_orientation
+from nibabel.orientations import apply_orientation
 
 from medseg.io import geometry
 
@@ -70,6 +70,12 @@ class Volume:
     def modality(self) -> str:
         return str(self.meta.get("modality", "unknown"))
 
+    def split_channels(self) -> list[Volume]:
+        """One 3D image volume per channel of a 4D volume (a 3D volume is its own single channel)."""
+        if self.array.ndim == 3:
+            return [self]
+        return [Volume(self.array[..., c], self.affine, "image", dict(self.meta)) for c in range(self.channels)]
+
     def with_array(self, array: np.ndarray, role: Role | None = None) -> Volume:
         """Same grid, new voxel values (e.g. a mask predicted on this image)."""
         if array.shape[:3] != self.array.shape[:3]:
@@ -92,13 +98,10 @@ class Volume:
         World coordinates of every voxel are unchanged; only the index order changes.
         ``copy=False`` returns a strided view, for callers that copy anyway (saves one full pass).
         """
-        current = io_orientation(self.affine)
-        target = axcodes2ornt(tuple(axcodes))
-        transform = ornt_transform(current, target)
+        _, affine, transform = geometry.reoriented_grid(self.shape, self.affine, axcodes)
         if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
             return self
         array = apply_orientation(self.array, transform)
-        affine = self.affine @ inv_ornt_aff(transform, self.shape)
         meta = {key: value for key, value in self.meta.items() if not key.startswith("nifti_")}
         return Volume(np.ascontiguousarray(array) if copy else array, affine, self.role, meta)
 

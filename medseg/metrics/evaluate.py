@@ -143,7 +143,7 @@ def _configure(config: EvaluateConfig | None, lesion_labels, tolerance_mm) -> Ev
         updates["label_tolerance_mm"] = tolerances
     elif tolerance_mm is not None:
         updates["tolerance_mm"] = float(tolerance_mm)
-    from medseg.config import build
+    from medseg.config.loader import build
 
     return build(EvaluateConfig, config.model_dump() | updates, source="evaluate")
 

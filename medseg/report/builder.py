@@ -18,7 +18,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from medseg import __version__
-from medseg.config import build
+from medseg.config.loader import build
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.logging_setup import err_console

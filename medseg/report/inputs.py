@@ -315,24 +315,19 @@ def _summary_facts(summary: dict[str, Any], prefix: str = "") -> list[tuple[str,
 
 
 def _checkpoint_facts(path: Path, include_phi: bool) -> list[tuple[str, str]]:
-    import torch  # only for --model CHECKPOINT.pt; the rest of the report needs no torch
+    from medseg.train.checkpoint import load_checkpoint  # only for --model CHECKPOINT.pt; the rest of the report needs no torch
 
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign files
-        raise InputError(path, f"not a readable medseg checkpoint ({str(error).splitlines()[0][:160]})") from error
-    if not isinstance(payload, dict):
-        raise InputError(path, "not a medseg checkpoint")
-    facts = _config_facts(payload.get("config") or {}, include_phi)
-    for key in ("epoch", "fold", "best_ema_dice", "medseg_version"):
-        if payload.get(key) is not None:
-            facts.append((key.replace("_", " "), _format_number(payload[key])))
-    validation = payload.get("validation") or {}
-    if validation.get("mean_dice") is not None:
-        facts.append(("validation mean Dice", _format_number(validation["mean_dice"])))
-    labels = payload.get("labels")
-    if isinstance(labels, dict):
-        facts.append(("model labels", ", ".join(f"{k}: {v}" for k, v in labels.items())))
+    payload = load_checkpoint(path)
+    facts = _config_facts(payload.config, include_phi)
+    facts += [("epoch", _format_number(payload.epoch)), ("configuration", payload.configuration.name)]
+    if payload.fold is not None:
+        facts.append(("fold", _format_number(payload.fold)))
+    if payload.training is not None:
+        facts.append(("best ema dice", _format_number(payload.training.best_ema_dice)))
+    facts.append(("medseg version", payload.medseg_version))
+    if payload.validation is not None:
+        facts.append((f"validation mean Dice ({payload.validation.kind})", _format_number(payload.validation.mean_dice)))
+    facts.append(("model labels", ", ".join(f"{k}: {v}" for k, v in payload.labels.items())))
     return facts
 
 

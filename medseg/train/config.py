@@ -11,8 +11,10 @@ from medseg.config import Section
 
 
 class TrainConfig(Section):
-    configuration: Literal["3d", "2d"] = Field("3d", description="which plan configuration to train")
-    fold: int = Field(0, ge=0, description="cross-validation fold to hold out for validation")
+    configuration: str = Field("3d", description="plan configuration to train: 3d (the plan's default 3D: 3d_fullres on a GPU, "
+                               "3d_lowres on a CPU when the plan has one), 3d_fullres, 3d_lowres or 2d")
+    fold: int | Literal["all"] = Field(0, description="cross-validation fold to hold out for validation, or 'all' to train on every case "
+                                       "(nnU-Net's meaning; validation then runs on training cases and says so)")
     num_folds: int = Field(5, ge=2)
     split_seed: int = Field(12345, description="seed of the deterministic k-fold split")
     epochs: int = Field(100, ge=1)
@@ -32,15 +34,19 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(12.0, gt=0)
     foreground_share: float = Field(1 / 3, ge=0, le=1, description="share of each batch forced to contain foreground")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 on CUDA if supported, else fp16 on CUDA, off on CPU")
-    compile: bool = Field(False, description="torch.compile the network")
-    num_workers: int | None = Field(None, ge=0, description="data loader processes; None = 0 on CPU, min(8, cores-1) on CUDA")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None = all cores")
+    compile: bool = Field(False, description="torch.compile the training network (measured on 2 CPU cores: see reports/train_step_options_cpu.md)")
+    channels_last: bool = Field(False, description="channels_last_3d memory format for 3D networks (measured on 2 CPU cores: see reports/train_step_options_cpu.md)")
+    fused_optimizer: Literal["auto", "on", "off"] = Field("auto", description="torch's fused optimizer kernels; auto = on CUDA, off on CPU (foreach)")
+    num_workers: int | None = Field(None, ge=0, description="data loader processes; None = derived from the cores (CUDA: cores-1 up to 12; CPU: a quarter of the cores)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None = this process's share of the cores, minus loader workers")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     seed: int = 0
-    val_every: int = Field(5, ge=1, description="epochs between full-volume validations")
-    val_max_cases: int | None = Field(None, ge=1, description="validate on at most this many cases (None = all of the fold)")
+    val_every: int = Field(5, ge=1, description="epochs between full-volume validations (on at most val_max_cases cases)")
+    val_max_cases: int | None = Field(8, ge=1, description="full-volume validation during training uses at most this many cases; the final one uses every case")
+    val_patch_batches: int = Field(4, ge=0, description="batches of fixed validation patches scored every epoch on the device (patch Dice); 0 = off")
     val_overlap: float = Field(0.5, ge=0, lt=1)
-    val_sw_batch_size: int = Field(4, ge=1)
+    val_sw_batch_size: int | None = Field(None, ge=1, description="windows per call in full-volume validation; None = as `medseg infer` on this device")
     ema_alpha: float = Field(0.9, ge=0, lt=1, description="smoothing of the per-validation Dice used to pick the best checkpoint")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between 'last' checkpoints (resume points)")
+    checkpoint_every: int | None = Field(None, ge=1, description="also write the resume checkpoint every this many epochs (None: by time only)")
+    checkpoint_minutes: float = Field(5.0, gt=0, description="write the resume checkpoint (checkpoint_last.pt) when this much time passed since the last one, and at the end")
     tensorboard: bool = True

@@ -1,21 +1,23 @@
-"""The training loop: one code path for CPU, CUDA and torchrun DDP.
+"""The training loop, assembled from parts: one code path for CPU, CUDA and torchrun DDP.
 
-Fixed-iteration epochs over random patches; the LR follows training progress (iterations or the
-time budget, whichever is further), so ``train.max_minutes`` ends a run cleanly with an annealed
-LR. Every ``checkpoint_every`` epochs the complete state is saved atomically to
-``checkpoint_last.pt``; ``resume=True`` restores it exactly (weights, optimiser, grad scaler,
-iteration/time counters, RNG states, history), so a run killed with SIGKILL continues from its
-last checkpoint.
+The parts are built from the config and passed around, never subclassed per variant: the data
+stream (:mod:`medseg.train.loader`), the step (:class:`~medseg.train.step.TrainStep`), the
+validators (:mod:`medseg.train.validate`), checkpoints (:mod:`medseg.train.checkpoint`) and the
+logbook. Fixed-iteration epochs over random patches; the LR follows training progress (iterations
+or the time budget, whichever is further), so ``train.max_minutes`` ends a run cleanly with an
+annealed LR. The resume checkpoint is written by time (``checkpoint_minutes``) and at the end;
+``resume=True`` restores it exactly (weights, optimiser, grad scaler, counters, every rank's RNG
+state, history), so a run killed with SIGKILL continues from its last checkpoint as if it had not
+stopped. Everything runs inside :func:`medseg.runtime.runtime_scope`, so training leaves no global
+torch state (threads, cudnn, RNG) behind.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +25,31 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from medseg.config import save_resolved
-from medseg.data.cache import cached_case_ids, load_case_arrays
-from medseg.data.plan import load_plan
+from medseg.config.loader import save_resolved
+from medseg.config.schema import RunConfig
+from medseg.data.cache import cached_case_ids, load_case_arrays, read_cache
 from medseg.errors import ConfigError, InputError
+from medseg.infer.predictor import WindowSpec, default_sw_batch_size
+from medseg.io.atomic import write_json
 from medseg.losses import build_loss
 from medseg.models.registry import build_model
-from medseg.run_config import RunConfig
+from medseg.runtime import Runtime, available_cores, resolve_device, resolve_runtime, runtime_scope
+from medseg.schema.checkpoint import CheckpointPayload, ModelSpec, TrainingState, ValidationScores
 from medseg.train import distributed
-from medseg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medseg.train.checkpoint import capture_rng_state, inference_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.train.environment import environment_report
-from medseg.train.loader import PatchBatches, make_loader
+from medseg.train.loader import PatchSampling, PatchStream, default_workers, make_loader
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
 from medseg.train.schedule import learning_rate, training_progress
-from medseg.train.splits import load_or_create_splits
-from medseg.train.validate import validate
+from medseg.train.splits import fold_cases
+from medseg.train.step import TrainStep, make_optimizer
+from medseg.train.validate import PatchDice, validate_volumes
 
 log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
-SLICE_AXIS_2D = 2  # preprocessed arrays are RAS, so axis 2 runs inferior-superior: 2D = axial slices
+SYNC_EVERY = 10  # steps between reading losses back from the device
 
 
 @dataclass
@@ -56,247 +62,259 @@ class TrainResult:
     stopped_by_time: bool
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but no CUDA device is available; use --set train.device=cpu")
-    return device
+@dataclass
+class Counters:
+    """Where a run stands; saved in the resume checkpoint."""
 
-
-def autocast_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether a GradScaler is needed)."""
-    if device.type != "cuda" or amp == "off":
-        return None, False
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-def plan_configuration(plan: dict[str, Any], config: RunConfig) -> dict[str, Any]:
-    """The plan's configuration with the config's overrides; a changed patch re-derives the topology."""
-    name = config.train.configuration
-    configurations = plan.get("configurations", {})
-    if name not in configurations:
-        raise ConfigError(f"train.configuration={name}: the plan has {', '.join(configurations) or 'no configurations'}")
-    chosen = dict(configurations[name])
-    if config.train.patch_size is not None:
-        if len(config.train.patch_size) != len(chosen["patch_size"]):
-            raise ConfigError(f"train.patch_size {config.train.patch_size} must have {len(chosen['patch_size'])} sizes for the {name} configuration")
-        if list(config.train.patch_size) != list(chosen["patch_size"]):
-            chosen = {key: value for key, value in chosen.items() if key not in ("kernel_sizes", "strides", "features", "features_per_stage")}
-            chosen["patch_size"] = list(config.train.patch_size)
-    if config.train.batch_size is not None:
-        chosen["batch_size"] = config.train.batch_size
-    return chosen
+    epoch: int = 0
+    iteration: int = 0
+    elapsed_s: float = 0.0
+    best_ema: float = -math.inf
+    ema: float | None = None
+    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
     def __init__(self, config: RunConfig, cache_dir: str | Path, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.config, self.cache_dir, self.run_dir = config, Path(cache_dir), Path(run_dir)
         self.resume, self.show_progress = resume, progress
-        train_config = config.train
-        self.dist = distributed.init_distributed("cuda" if torch.cuda.is_available() and train_config.device != "cpu" else "cpu")
-        self.device = resolve_device(train_config.device, self.dist.local_rank)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark = True
-        torch.set_num_threads(train_config.threads or max(1, (os.cpu_count() or 1) // self.dist.world_size))
-        self.autocast_dtype, use_scaler = autocast_settings(train_config.amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        train = config.train
+        self.dist = distributed.init_distributed("cuda" if torch.cuda.is_available() and train.device != "cpu" else "cpu")
+        self.plan, info = read_cache(self.cache_dir)
+        self.configuration = self.plan.configuration(train.configuration).with_overrides(train.patch_size, train.batch_size)
+        if info.preprocessing_hash != self.plan.preprocessing_identity(self.configuration):
+            raise InputError(self.cache_dir, f"holds the {info.configuration} grid, not {self.configuration.name}'s; "
+                                             f"train from the raw dataset (medseg prepares each configuration's cache)")
+        self.labels = dict(self.plan.labels)
+        self.classes = self.plan.foreground_labels
+        self.in_channels = self.plan.num_channels
+        self.train_ids, self.val_ids, self.val_kind = fold_cases(self.cache_dir, cached_case_ids(self.cache_dir), train)
+        device = resolve_device(train.device, self.dist.local_rank, "train.device")
+        cores = max(1, available_cores() // max(self.dist.world_size, 1))
+        self.workers = train.num_workers if train.num_workers is not None else default_workers(device, cores)
+        threads = train.threads or max(1, cores - (self.workers if device.type == "cpu" else 0))  # loader workers own their cores
+        self.runtime: Runtime = resolve_runtime(str(device), train.amp, threads, local_rank=self.dist.local_rank, training=True)
+        self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=len(self.labels), configuration=self.configuration)
+        self.counters = Counters()
+        self.step: TrainStep | None = None
+        if resume and not (self.run_dir / LAST).is_file():
+            raise InputError(self.run_dir / LAST, "cannot resume: no last checkpoint in this run folder")
 
-        plan_path = self.cache_dir / "plan.json"
-        if not plan_path.is_file():
-            raise InputError(self.cache_dir, "no plan.json here: run `medseg preprocess` first (or pass the raw dataset to `medseg train`)")
-        self.plan = load_plan(plan_path)
-        self.configuration = plan_configuration(self.plan, config)
-        self.patch_size = tuple(int(s) for s in self.configuration["patch_size"])
-        self.slice_axis = SLICE_AXIS_2D if len(self.patch_size) == 2 else None
-        self.labels = {int(k): v for k, v in self.plan["labels"].items()}
-        self.classes = sorted(label for label in self.labels if label > 0)
-        self.in_channels = int(self.plan["preprocessing"]["num_channels"])
-        spacing = np.asarray(self.plan["target_spacing"], dtype=float)
-        self.anisotropic = bool(spacing.max() / spacing.min() > 3.0)
-
-        case_ids = cached_case_ids(self.cache_dir)
-        splits = load_or_create_splits(self.cache_dir / "splits.json", case_ids, train_config.num_folds, train_config.split_seed)
-        if train_config.fold >= len(splits):
-            raise ConfigError(f"train.fold={train_config.fold} but there are {len(splits)} folds")
-        self.train_ids, self.val_ids = splits[train_config.fold]["train"], splits[train_config.fold]["val"]
-        if train_config.val_max_cases:
-            self.val_ids = self.val_ids[: train_config.val_max_cases]
-
-        torch.manual_seed(train_config.seed + self.dist.rank)
-        np.random.seed((train_config.seed + self.dist.rank) % 2**32)
-        self.model_spec = {"name": config.model.name, "in_channels": self.in_channels, "out_channels": len(self.labels), "plan_configuration": self.configuration}
-        self.network = build_model(config.model, self.in_channels, len(self.labels), self.configuration).to(self.device)
-        self.loss = build_loss(config.loss).to(self.device)
-        self.optimizer = self._optimizer()
-        self.model = self.network
-        if train_config.compile:
-            self.model = torch.compile(self.model)
+    # --- parts -----------------------------------------------------------------------------
+    def _build(self) -> TrainStep:
+        """Network, loss, optimizer and scaler on the device (inside the runtime scope: seeded init)."""
+        train = self.config.train
+        network = build_model(self.config.model, self.in_channels, len(self.labels), self.configuration.network_plan()).to(self.runtime.device)
+        channels_last = train.channels_last and self.configuration.spatial_dims == 3
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)
+        fused = train.fused_optimizer == "on" or (train.fused_optimizer == "auto" and self.runtime.cuda)
+        optimizer = make_optimizer(network, train.optimizer, train.lr, train.momentum, train.nesterov, train.weight_decay, fused)
+        model = torch.compile(network) if train.compile else network
         if self.dist.enabled:
-            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            model = DistributedDataParallel(model, device_ids=[self.runtime.device.index] if self.runtime.cuda else None)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.needs_grad_scaler)
+        return TrainStep(model, network, build_loss(self.config.loss).to(self.runtime.device), optimizer, scaler, self.runtime,
+                         train.grad_clip, channels_last)
 
-        self.epoch, self.iteration, self.elapsed_s = 0, 0, 0.0
-        self.best_ema, self.ema = -math.inf, None
-        self.history: list[dict] = []
-        if resume:
-            self._restore()
+    def sampling(self, augment: bool = True) -> PatchSampling:
+        augment_config = self.config.augment if augment else self.config.augment.model_copy(update={"enabled": False})
+        return PatchSampling(self.configuration.patch, self.configuration.batch_size, self.config.train.foreground_share, augment_config,
+                             self.configuration.anisotropic, self.configuration.slice_axis)
 
-    # --- setup -----------------------------------------------------------------------------
-    def _optimizer(self) -> torch.optim.Optimizer:
-        train_config = self.config.train
-        parameters = self.network.parameters()
-        if train_config.optimizer == "sgd":
-            return torch.optim.SGD(parameters, lr=train_config.lr, momentum=train_config.momentum, nesterov=train_config.nesterov, weight_decay=train_config.weight_decay)
-        return torch.optim.AdamW(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    def stream(self, start: int, total: int) -> PatchStream:
+        return PatchStream(lambda case_id: load_case_arrays(self.cache_dir, case_id), self.train_ids, self.sampling(), self.config.train.seed,
+                           start, total, self.dist.rank)
+
+    def window_spec(self) -> WindowSpec:
+        train = self.config.train
+        sw_batch = train.val_sw_batch_size or default_sw_batch_size(self.runtime.device, self.configuration.patch)
+        return WindowSpec(self.configuration.patch, train.val_overlap, sw_batch, slice_axis=self.configuration.slice_axis)
+
+    def _patch_dice(self) -> PatchDice:
+        count = self.config.train.val_patch_batches
+        if not count or not self.val_ids:
+            return PatchDice([], self.classes)
+        stream = PatchStream(lambda case_id: load_case_arrays(self.cache_dir, case_id), self.val_ids, self.sampling(augment=False),
+                             self.config.train.seed + 7919, 0, count)
+        return PatchDice(list(stream), self.classes, ignore_label=self.plan.preprocessing.ignore_label)
+
+    @property
+    def session(self):
+        """``with trainer.session: ...``: the runtime scope with the parts built (benchmarks step inside it)."""
+        trainer = self
+
+        class _Session:
+            def __enter__(self):
+                self._scope = runtime_scope(trainer.runtime, seed=trainer.config.train.seed + trainer.dist.rank)
+                self._scope.__enter__()
+                trainer.step = trainer._build()
+                return trainer.step
+
+            def __exit__(self, *exc):
+                return self._scope.__exit__(*exc)
+
+        return _Session()
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def _payload(self, validation: dict[str, Any] | None, rng: dict[str, Any] | None) -> CheckpointPayload:
+        """Inference checkpoint, plus the resume state when ``rng`` (every rank's RNG states) is given."""
+        step, counters = self.step, self.counters
+        assert step is not None
+        scores = None if validation is None else ValidationScores(
+            dice={str(k): v for k, v in validation["dice"].items()}, mean_dice=validation["mean_dice"], kind=validation["kind"])
+        payload = inference_checkpoint(step.network, self.config, self.plan, self.configuration, in_channels=self.in_channels,
+                                       out_channels=self.model_spec.out_channels, fold=self.config.train.fold, epoch=counters.epoch,
+                                       train_cases=self.train_ids, val_cases=self.val_ids, validation=scores)
+        if rng is None:
+            return payload
+        training = TrainingState(optimizer=step.optimizer.state_dict(), scaler=step.scaler.state_dict(), iteration=counters.iteration,
+                                 elapsed_s=counters.elapsed_s, best_ema_dice=counters.best_ema, ema_dice=counters.ema,
+                                 history=counters.history, rng=rng)
+        return payload.model_copy(update={"training": training})
+
+    def _save_last(self, validation: dict[str, Any] | None) -> None:
+        """Every rank takes part: each contributes its RNG state; rank 0 writes."""
+        states = distributed.gather_to_main(capture_rng_state(self.runtime.device), self.dist)
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / LAST, self._payload(validation, {str(rank): state for rank, state in enumerate(states)}))
 
     def _restore(self) -> None:
         path = self.run_dir / LAST
         if not path.is_file():
             raise InputError(path, "cannot resume: no last checkpoint in this run folder")
-        payload = load_checkpoint(path, map_location=self.device)
-        if payload["model_spec"] != self.model_spec:
-            raise ConfigError(f"{path}: the checkpoint's network differs from the current config; resume with the run's own config.yaml")
-        self.network.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.epoch, self.iteration = payload["epoch"], payload["scheduler"]["iteration"]
-        self.elapsed_s = payload["scheduler"]["elapsed_s"]
-        self.best_ema, self.ema = payload["best_ema_dice"], payload["ema_dice"]
-        self.history = list(payload["history"])
-        rng = payload["rng"].get(str(self.dist.rank))
+        payload = load_checkpoint(path)  # onto the CPU; tensors move to the device below
+        if payload.model_spec != self.model_spec or payload.training is None:
+            raise ConfigError(f"{path}: the checkpoint's network or resume state differs from the current config; resume with the run's own config.yaml")
+        step = self.step
+        assert step is not None
+        step.network.load_state_dict(payload.model)
+        step.optimizer.load_state_dict(payload.training.optimizer)  # moves the state to the parameters' device
+        step.scaler.load_state_dict(payload.training.scaler)
+        state = payload.training
+        self.counters = Counters(payload.epoch, state.iteration, state.elapsed_s, state.best_ema_dice, state.ema_dice, list(state.history))
+        rng = state.rng.get(str(self.dist.rank))
         if rng is not None:
             restore_rng_state(rng)
-        log.info("resumed %s at epoch %d (iteration %d, %.1f min trained)", self.run_dir, self.epoch, self.iteration, self.elapsed_s / 60)
-
-    def num_workers(self) -> int:
-        if self.config.train.num_workers is not None:
-            return self.config.train.num_workers
-        return 0 if self.device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
-
-    # --- checkpoints -----------------------------------------------------------------------
-    def _payload(self, validation: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "model": self.network.state_dict(),
-            "model_spec": self.model_spec,
-            "config": self.config.model_dump(mode="json"),
-            "plan": self.plan,
-            "labels": {str(k): v for k, v in self.labels.items()},
-            "normalization": self.plan["preprocessing"].get("normalization"),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "scheduler": {"iteration": self.iteration, "elapsed_s": self.elapsed_s},
-            "epoch": self.epoch,
-            "fold": self.config.train.fold,
-            "train_cases": self.train_ids,
-            "val_cases": self.val_ids,
-            "best_ema_dice": self.best_ema,
-            "ema_dice": self.ema,
-            "history": self.history,
-            "validation": None if validation is None else {"dice": {str(k): v for k, v in validation["dice"].items()}, "mean_dice": validation["mean_dice"]},
-            "rng": {str(self.dist.rank): capture_rng_state()},
-        }
+        log.info("resumed %s at epoch %d (iteration %d, %.1f min trained)", self.run_dir, payload.epoch, state.iteration, state.elapsed_s / 60)
 
     # --- loop ------------------------------------------------------------------------------
-    def _step(self, batch: dict[str, torch.Tensor]) -> float:
-        image = batch["image"].to(self.device, non_blocking=True)
-        label = batch["label"].to(self.device, non_blocking=True)
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            output = self.model(image)
-        output = [o.float() for o in output] if isinstance(output, (list, tuple)) else output.float()
-        loss = self.loss(output, label)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at iteration {self.iteration}; lower train.lr or disable AMP")
-        self.scaler.scale(loss).backward()
-        if self.config.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return float(loss.detach().item())
-
-    def _validate(self) -> dict[str, Any]:
-        self.network.eval()
-        cases = (load_case_arrays(self.cache_dir, case_id) for case_id in self.val_ids)
-        result = validate(self.network, cases, self.classes, self.patch_size, self.device, self.config.train.val_overlap,
-                          self.config.train.val_sw_batch_size, self.autocast_dtype, self.slice_axis)
-        self.network.train()
-        return result
-
     def fit(self) -> TrainResult:
-        train_config = self.config.train
+        with self.session:
+            if self.resume:
+                self._restore()
+            try:
+                return self._fit()
+            finally:
+                distributed.shutdown(self.dist)
+
+    def _validate(self, final: bool) -> dict[str, Any]:
+        ids = self.val_ids if final or not self.config.train.val_max_cases else self.val_ids[: self.config.train.val_max_cases]
+        cases = (load_case_arrays(self.cache_dir, case_id) for case_id in ids)
+        assert self.step is not None
+        return validate_volumes(self.step.network, cases, self.classes, self.window_spec(), self.runtime, len(self.labels),
+                                kind=self.val_kind, ignore_label=self.plan.preprocessing.ignore_label)
+
+    def _start_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(self.config, self.run_dir / "config.yaml")
+        write_json(self.run_dir / "environment.json", environment_report(self.runtime.device) | {"loader_workers": self.workers})
+
+    def _fit(self) -> TrainResult:
+        train, counters, step = self.config.train, self.counters, self.step
+        assert step is not None
         main = self.dist.is_main
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved(self.config, self.run_dir / "config.yaml")
-            (self.run_dir / "environment.json").write_text(json.dumps(environment_report(self.device), indent=2))
-        logbook = Logbook(self.run_dir, train_config.tensorboard, self.history) if main else None
-        budget_s = train_config.max_minutes * 60 if train_config.max_minutes else None
-        total = train_config.epochs * train_config.iterations_per_epoch
-        batch_size = int(self.configuration["batch_size"])
-        stopped_by_time, validation, lr = False, None, train_config.lr
-        progress = TrainingProgress(enabled=self.show_progress and main, total=total)
-        self.network.train()
-        with progress:
-            while self.epoch < train_config.epochs and not stopped_by_time:
-                dataset = PatchBatches(lambda case_id: load_case_arrays(self.cache_dir, case_id), self.train_ids, self.patch_size, batch_size,
-                                       self.config.augment, train_config.foreground_share, train_config.iterations_per_epoch,
-                                       train_config.seed, self.epoch, self.dist.rank, self.anisotropic, self.slice_axis)
-                loader = make_loader(dataset, self.num_workers(), pin_memory=self.device.type == "cuda")
-                losses, wait_s, step_s = [], 0.0, 0.0
-                epoch_start = time.perf_counter()
-                tick = time.perf_counter()
-                for batch in loader:
-                    fetched = time.perf_counter()
-                    wait_s += fetched - tick
-                    fraction = training_progress(self.iteration, total, self.elapsed_s + (fetched - epoch_start), budget_s)
-                    lr = learning_rate(train_config, fraction)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    losses.append(self._step(batch))
-                    self.iteration += 1
-                    tick = time.perf_counter()
-                    step_s += tick - fetched
-                    out_of_time = bool(budget_s and self.elapsed_s + (tick - epoch_start) >= budget_s)
-                    progress.update(self.epoch, fraction * total if budget_s else self.iteration, losses[-1], lr)
-                    if distributed.any_rank(out_of_time, self.dist):
-                        stopped_by_time = True
-                        break
-                self.elapsed_s += time.perf_counter() - epoch_start
-                self.epoch += 1
-                row = {"epoch": self.epoch, "iterations": self.iteration, "train_loss": distributed.mean_over_ranks(float(np.mean(losses)), self.dist),
-                       "lr": lr, "epoch_s": time.perf_counter() - epoch_start, "step_s": step_s / max(len(losses), 1),
-                       "data_wait_s": wait_s / max(len(losses), 1), "minutes": self.elapsed_s / 60}
-                last = stopped_by_time or self.epoch >= train_config.epochs
-                if main and (self.epoch % train_config.val_every == 0 or last):
-                    validation_start = time.perf_counter()
-                    validation = self._validate()
-                    mean = validation["mean_dice"]
-                    self.ema = mean if self.ema is None or math.isnan(self.ema) else train_config.ema_alpha * self.ema + (1 - train_config.ema_alpha) * mean
-                    row.update({f"val_dice_{self.labels[k]}": v for k, v in validation["dice"].items()})
-                    row.update({"val_mean_dice": mean, "val_ema_dice": self.ema, "val_s": time.perf_counter() - validation_start})
-                    self.elapsed_s += time.perf_counter() - validation_start
-                    progress.note(f"epoch {self.epoch}: val Dice " + ", ".join(f"{self.labels[k]} {v:.3f}" for k, v in validation["dice"].items()))
+            self._start_files()
+        logbook = Logbook(self.run_dir, train.tensorboard, counters.history) if main else None
+        budget_s = train.max_minutes * 60 if train.max_minutes else None
+        total = train.epochs * train.iterations_per_epoch
+        patch_dice = self._patch_dice() if main else None
+        loader = iter(make_loader(self.stream(counters.iteration, total), self.workers, pin_memory=self.runtime.cuda))
+        stopped_by_time, validation, lr, last_save = False, None, train.lr, time.perf_counter()
+        step.network.train()
+        with TrainingProgress(enabled=self.show_progress and main, total=total) as progress:
+            while counters.epoch < train.epochs and not stopped_by_time:
+                row, stopped_by_time, lr = self._epoch(loader, budget_s, total, progress)
+                last = stopped_by_time or counters.epoch >= train.epochs
+                validation = self._after_epoch(row, last, patch_dice, progress) or validation
                 if main:
                     logbook.log_epoch(row)
-                    self.history = logbook.rows
-                    if "val_ema_dice" in row and self.ema > self.best_ema:
-                        self.best_ema = self.ema
-                        save_checkpoint(self.run_dir / BEST, self._payload(validation))
-                    if self.epoch % train_config.checkpoint_every == 0 or last:
-                        save_checkpoint(self.run_dir / LAST, self._payload(validation))
+                    counters.history = logbook.rows
+                due = bool(train.checkpoint_every and counters.epoch % train.checkpoint_every == 0)
+                due = due or time.perf_counter() - last_save >= train.checkpoint_minutes * 60
+                if distributed.any_rank(due or last, self.dist):
+                    self._save_last(validation)
+                    last_save = time.perf_counter()
                 distributed.barrier(self.dist)
         if main:
-            logbook.plot()
-            logbook.close()
-            summary = {"fold": train_config.fold, "epochs": self.epoch, "iterations": self.iteration, "minutes": self.elapsed_s / 60,
-                       "stopped_by_time": stopped_by_time, "best_ema_dice": self.best_ema,
-                       "final_validation": None if validation is None else {self.labels[k]: v for k, v in validation["dice"].items()},
-                       "final_mean_dice": None if validation is None else validation["mean_dice"]}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        distributed.shutdown(self.dist)
-        return TrainResult(self.run_dir, self.epoch, self.iteration, self.best_ema, validation, stopped_by_time)
+            self._finish(logbook, validation, stopped_by_time)
+        return TrainResult(self.run_dir, counters.epoch, counters.iteration, counters.best_ema, validation, stopped_by_time)
+
+    def _epoch(self, loader, budget_s: float | None, total: int, progress: TrainingProgress) -> tuple[dict[str, Any], bool, float]:
+        train, counters, step = self.config.train, self.counters, self.step
+        losses: list[float] = []
+        wait_s = step_s = 0.0
+        epoch_start = tick = time.perf_counter()
+        stopped, lr, done = False, train.lr, 0
+        for _ in range(train.iterations_per_epoch):
+            batch = next(loader)
+            fetched = time.perf_counter()
+            wait_s += fetched - tick
+            fraction = training_progress(counters.iteration, total, counters.elapsed_s + (fetched - epoch_start), budget_s)
+            lr = learning_rate(train, fraction)
+            step(batch, lr)
+            counters.iteration += 1
+            done += 1
+            if done % SYNC_EVERY == 0:
+                losses += step.losses_since_sync(counters.iteration)
+            tick = time.perf_counter()
+            step_s += tick - fetched
+            out_of_time = bool(budget_s and counters.elapsed_s + (tick - epoch_start) >= budget_s)
+            progress.update(counters.epoch, fraction * total if budget_s else counters.iteration, losses[-1] if losses else float("nan"), lr)
+            if distributed.any_rank(out_of_time, self.dist):
+                stopped = True
+                break
+        losses += step.losses_since_sync(counters.iteration)
+        counters.elapsed_s += time.perf_counter() - epoch_start
+        counters.epoch += 1
+        row = {"epoch": counters.epoch, "iterations": counters.iteration,
+               "train_loss": distributed.mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), self.dist),
+               "lr": lr, "epoch_s": time.perf_counter() - epoch_start, "step_s": step_s / max(done, 1),
+               "data_wait_s": wait_s / max(done, 1), "minutes": counters.elapsed_s / 60}
+        return row, stopped, lr
+
+    def _after_epoch(self, row: dict[str, Any], last: bool, patch_dice: PatchDice | None, progress: TrainingProgress) -> dict[str, Any] | None:
+        """Patch Dice every epoch; full-volume validation every ``val_every`` epochs (bounded) and at the end (every case)."""
+        train, counters = self.config.train, self.counters
+        if not self.dist.is_main:
+            return None
+        start = time.perf_counter()
+        if patch_dice is not None and patch_dice.batches:
+            row.update({f"patch_dice_{self.labels[k]}": v for k, v in patch_dice(self.step.network, self.runtime).items()})
+        validation = None
+        if counters.epoch % train.val_every == 0 or last:
+            validation = self._validate(final=last)
+            mean = validation["mean_dice"]
+            counters.ema = mean if counters.ema is None or math.isnan(counters.ema) else train.ema_alpha * counters.ema + (1 - train.ema_alpha) * mean
+            row.update({f"val_dice_{self.labels[k]}": v for k, v in validation["dice"].items()})
+            row.update({"val_mean_dice": mean, "val_ema_dice": counters.ema, "val_cases": len(validation["per_case"]), "val_kind": validation["kind"]})
+            progress.note(f"epoch {counters.epoch}: val Dice ({validation['kind']}) " + ", ".join(f"{self.labels[k]} {v:.3f}" for k, v in validation["dice"].items()))
+            if counters.ema > counters.best_ema:
+                counters.best_ema = counters.ema
+                save_checkpoint(self.run_dir / BEST, self._payload(validation, rng=None))  # inference-only: no optimizer state
+        row["val_s"] = time.perf_counter() - start
+        counters.elapsed_s += row["val_s"]
+        return validation
+
+    def _finish(self, logbook: Logbook, validation: dict[str, Any] | None, stopped_by_time: bool) -> None:
+        logbook.plot()
+        logbook.close()
+        counters = self.counters
+        write_json(self.run_dir / "summary.json", {
+            "fold": self.config.train.fold, "configuration": self.configuration.name, "epochs": counters.epoch, "iterations": counters.iteration,
+            "minutes": counters.elapsed_s / 60, "stopped_by_time": stopped_by_time, "best_ema_dice": counters.best_ema,
+            "validation_kind": self.val_kind,
+            "final_validation": None if validation is None else {self.labels[k]: v for k, v in validation["dice"].items()},
+            "final_mean_dice": None if validation is None else validation["mean_dice"],
+        })

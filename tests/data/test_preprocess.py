@@ -24,7 +24,8 @@ from medseg.data.dataset import load_dataset, read_case_images, read_case_label
 from medseg.data.fingerprint import compute_fingerprint
 from medseg.data.plan import make_plan
 from medseg.data.config import PlanConfig
-from medseg.data.preprocess import invert_to_raw, nonzero_bbox, preprocess_volume, raw_affine_check
+from medseg.data.preprocess import nonzero_bbox, preprocess_volume
+from tests.data.reference_inverse import invert_to_raw, raw_affine
 from medseg.data.resample import kind_for_role, resample_3d, separate_axis
 from medseg.errors import InputError
 from medseg.io.volume import Volume
@@ -54,7 +55,7 @@ def test_same_world_case_in_any_storage_order_preprocesses_identically(tmp_path,
         assert results[code].image.shape == reference.image.shape
         assert np.allclose(results[code].image, reference.image, atol=1e-4)
         assert np.array_equal(results[code].seg, reference.seg)
-        assert np.allclose(results[code].properties["resampled_affine"], reference.properties["resampled_affine"])
+        assert np.allclose(results[code].properties.geometry.resampled_affine, reference.properties.geometry.resampled_affine)
 
 
 @pytest.mark.parametrize("code", ["RAS", "LPS", "PSR"])
@@ -64,12 +65,12 @@ def test_round_trip_without_resampling_is_exact(tmp_path, code, method):
     description, plan = _plan(root, target_spacing=[1.0, 1.2, 2.0], label_resampling=method)
     result, label = _run_case(description, plan)
     props = result.properties
-    assert props["resampled_shape"] == props["cropped_shape"]
-    assert props["cropped_shape"] != props["ras_shape"]  # MR: the zero background was cropped
-    back = invert_to_raw(result.seg, props, "label_nearest" if method == "nearest" else "label_linear")
+    assert props.geometry.resampled_shape == props.geometry.cropped_shape
+    assert props.geometry.cropped_shape != props.geometry.ras_shape  # MR: the zero background was cropped
+    back = invert_to_raw(result.seg, props.geometry, "label_nearest" if method == "nearest" else "label_linear")
     assert back.shape == label.shape and back.dtype == label.array.dtype
     assert np.array_equal(back, label.array)
-    assert np.allclose(raw_affine_check(props), label.affine)
+    assert np.allclose(raw_affine(props.geometry), label.affine)
 
 
 @pytest.mark.parametrize("method, kind", [("nearest", "label_nearest"), ("per_class_linear", "label_linear")])
@@ -77,9 +78,9 @@ def test_round_trip_with_integer_upsampling(tmp_path, method, kind):
     root = make_msd(tmp_path / "ds", cases=1, spacings=[(2.0, 2.0, 2.0)], orientations=["LPS"], shape=(20, 18, 14))
     description, plan = _plan(root, target_spacing=[1.0, 1.0, 1.0], label_resampling=method)
     result, label = _run_case(description, plan)
-    assert result.properties["resampled_shape"] == [40, 36, 28]
-    assert result.properties["spacing_after"] == pytest.approx([1.0, 1.0, 1.0])
-    back = invert_to_raw(result.seg, result.properties, kind)
+    assert result.geometry.resampled_shape == (40, 36, 28)
+    assert result.geometry.spacing_after == pytest.approx([1.0, 1.0, 1.0])
+    back = invert_to_raw(result.seg, result.geometry, kind)
     if method == "nearest":
         assert np.array_equal(back, label.array)
     else:
@@ -92,8 +93,8 @@ def test_round_trip_with_non_integer_and_anisotropic_resampling_keeps_dice(tmp_p
     root = make_msd(tmp_path / "ds", cases=1, spacings=[(0.9, 0.9, 4.0)], orientations=["PSR"], shape=(60, 56, 12))
     description, plan = _plan(root, target_spacing=target, label_resampling=method)
     result, label = _run_case(description, plan)
-    assert result.properties["separate_axis"] == 2  # 4.0 / 0.9 > 3: z is resampled on its own
-    back = invert_to_raw(result.seg, result.properties, kind)
+    assert result.geometry.separate_axis == 2  # 4.0 / 0.9 > 3: z is resampled on its own
+    back = invert_to_raw(result.seg, result.geometry, kind)
     assert back.shape == label.shape
     assert min(dice(back, label.array, value) for value in (1, 2)) > minimum
 
@@ -112,7 +113,7 @@ def test_probabilities_invert_with_background_outside_the_crop(tmp_path):
     description, plan = _plan(root, target_spacing=[1.0, 1.0, 1.0])
     result, label = _run_case(description, plan)
     onehot = np.stack([(result.seg == c).astype(np.float32) for c in range(3)])
-    probabilities = invert_to_raw(onehot, result.properties, "probabilities")
+    probabilities = invert_to_raw(onehot, result.geometry, "probabilities")
     assert probabilities.shape == (3, *label.shape)
     assert np.array_equal(probabilities.argmax(0), label.array)
     assert np.allclose(probabilities.sum(0), 1.0, atol=1e-5)
@@ -129,20 +130,20 @@ def test_crop_never_cuts_labels():
 
 def test_normalization_ct_and_masked_zscore(tmp_path):
     description, plan = _plan(make_msd(tmp_path / "ct", cases=2))
-    norm = plan["preprocessing"]["normalization"][0]
+    norm = plan.preprocessing.normalization[0]
     result, _ = _run_case(description, plan)
-    lo, hi = norm["clip"]
-    assert result.image.min() >= (lo - norm["mean"]) / norm["std"] - 0.2  # cubic overshoot is small
-    assert result.image.max() <= (hi - norm["mean"]) / norm["std"] + 0.2
+    lo, hi = norm.clip
+    assert result.image.min() >= (lo - norm.mean) / norm.std - 0.2  # cubic overshoot is small
+    assert result.image.max() <= (hi - norm.mean) / norm.std + 0.2
     description, plan = _plan(make_msd(tmp_path / "mr", cases=1, modality="MR", shape=(40, 40, 30)), target_spacing=[1, 1, 1])
-    plan["preprocessing"]["normalization"][0]["use_nonzero_mask"] = True
+    plan.preprocessing.normalization[0].use_nonzero_mask = True
     case = description.cases[0]
     volume = read_case_images(case, 1)[0]
     result = preprocess_volume([volume], plan, case_id=case.case_id)
     values = result.image[0]
     inside = values != 0
     assert abs(values[inside].mean()) < 0.05 and abs(values[inside].std() - 1) < 0.05
-    assert result.seg is None and result.properties["class_locations"] == {}
+    assert result.seg is None and result.properties.class_locations == {}
 
 
 def test_inference_case_without_label_and_nan_refusal(tmp_path):
@@ -168,7 +169,7 @@ def test_label_resampling_kind_is_never_implicit():
 def test_class_locations_are_voxels_of_their_class(tmp_path):
     description, plan = _plan(make_msd(tmp_path / "ds", cases=1), class_locations_per_class=50)
     result, _ = _run_case(description, plan)
-    for value, coordinates in result.properties["class_locations"].items():
+    for value, coordinates in result.properties.class_locations.items():
         assert 0 < len(coordinates) <= 50
         assert all(result.seg[tuple(c)] == int(value) for c in coordinates)
 
@@ -183,7 +184,7 @@ def test_cache_is_idempotent_memory_mappable_and_invalidated_by_a_new_plan(tmp_p
     image, seg, props = load_case(cache, "case_001")
     assert isinstance(image, np.memmap) and image.dtype == np.float32 and image.ndim == 4
     assert seg.dtype == np.uint8 and seg.shape == image.shape[1:]
-    assert props["preprocessing_hash"] == plan["preprocessing_hash"]
+    assert props.preprocessing_hash == plan.preprocessing_identity("3d")
     assert not list(cache.glob(".*tmp*"))  # atomic writes leave no temporary files
     second = preprocess_dataset(description, plan, cache, workers=1, progress=False)
     assert second.processed == [] and len(second.skipped) == 3
@@ -193,7 +194,7 @@ def test_cache_is_idempotent_memory_mappable_and_invalidated_by_a_new_plan(tmp_p
     _, changed = _plan(root, target_spacing=[2.0, 2.0, 2.0])
     fourth = preprocess_dataset(description, changed, cache, workers=1, progress=False)
     assert "plan changed" in fourth.invalidated and len(fourth.processed) == 3
-    assert load_case(cache, "case_000")[0].shape[1:] == tuple(load_case(cache, "case_000")[2]["resampled_shape"])
+    assert load_case(cache, "case_000")[0].shape[1:] == tuple(load_case(cache, "case_000")[2].geometry.resampled_shape)
     assert json.loads((cache / "plan.json").read_text())["target_spacing"] == [2.0, 2.0, 2.0]
     assert cached_case_ids(cache) == ["case_000", "case_001", "case_002"]
 
@@ -245,7 +246,7 @@ def test_multichannel_datasets_preprocess_every_channel(tmp_path, builder):
 
     root = make_nnunet(tmp_path / "nn") if builder == "nnunet" else make_msd_4d(tmp_path / "brain")
     description, plan = _plan(root)
-    assert [n["scheme"] for n in plan["preprocessing"]["normalization"]] == ["zscore", "zscore"]
+    assert [n.scheme for n in plan.preprocessing.normalization] == ["zscore", "zscore"]
     report = preprocess_dataset(description, plan, tmp_path / "cache", workers=1, progress=False)
     assert not report.failed
     image, seg, _ = load_case(tmp_path / "cache", description.cases[0].case_id)
@@ -282,7 +283,7 @@ def test_dicom_series_folder_case_checks_and_preprocesses(tmp_path):
     _, seg, props = load_case(tmp_path / "cache", "case_dcm")
     raw = read_case_label(description.case("case_dcm"))
     kind = "label_linear"
-    assert min(dice(invert_to_raw(np.asarray(seg), props, kind), raw.array, v) for v in (1, 2)) > 0.95
+    assert min(dice(invert_to_raw(np.asarray(seg), props.geometry, kind), raw.array, v) for v in (1, 2)) > 0.95
 
 
 def test_undeclared_label_values_are_refused(tmp_path):

@@ -12,7 +12,7 @@ from medseg.data.cache import cached_case_ids, load_case, preprocess_dataset
 from medseg.data.check import check_dataset
 from medseg.data.dataset import load_dataset, read_case_label
 from medseg.data.plan import plan_dataset
-from medseg.data.preprocess import invert_to_raw
+from tests.data.reference_inverse import invert_to_raw
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +34,16 @@ def test_check_passes(hippocampus):
 
 
 def test_plan_is_1mm_isotropic_per_image_zscore_with_a_small_3d_patch(plan):
-    assert plan["target_spacing"] == pytest.approx([1.0, 1.0, 1.0])
-    assert plan["fingerprint_summary"]["num_cases"] == 182
-    (norm,) = plan["preprocessing"]["normalization"]
-    assert norm["modality"] == "MR" and norm["scheme"] == "zscore" and norm["use_nonzero_mask"] is False
-    three_d = plan["configurations"]["3d"]
-    assert three_d["patch_size"] == [40, 56, 40]  # nnU-Net's choice for Task04 (its axes transposed)
-    assert 2 <= three_d["batch_size"] <= 16
-    assert three_d["estimated_memory_gb"] <= 8
-    assert plan["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
+    assert plan.target_spacing == pytest.approx([1.0, 1.0, 1.0])
+    assert plan.fingerprint_summary["num_cases"] == 182
+    (norm,) = plan.preprocessing.normalization
+    assert norm.modality == "MR" and norm.scheme == "zscore" and norm.use_nonzero_mask is False
+    three_d = plan.configuration("3d")
+    assert three_d.name == "3d_fullres"  # the patch covers the whole median case on any machine: no 3d_lowres
+    assert three_d.patch_size == [40, 56, 40]  # nnU-Net's choice for Task04 (its axes transposed)
+    assert 2 <= three_d.batch_size <= 16
+    assert three_d.estimated_memory_gb <= 8
+    assert plan.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
 
 
 def test_preprocess_subset_and_invert_exactly(hippocampus, plan, tmp_path):
@@ -55,7 +56,7 @@ def test_preprocess_subset_and_invert_exactly(hippocampus, plan, tmp_path):
         image, seg, props = load_case(tmp_path / "cache", case.case_id)
         assert image.shape[0] == 1 and abs(float(np.mean(image))) < 1e-3
         raw = read_case_label(case).array
-        assert np.array_equal(invert_to_raw(np.asarray(seg), props, "label_linear"), raw)
+        assert np.array_equal(invert_to_raw(np.asarray(seg), props.geometry, "label_linear"), raw)
 
 
 def test_cli_check_and_plan_on_real_data(hippocampus, tmp_path):

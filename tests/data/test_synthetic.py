@@ -156,7 +156,7 @@ def test_cli_synth_writes_dataset(tmp_path):
     app = typer.Typer()
     app.callback()(lambda: None)
     data_cmds.register(app)
-    result = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "cli"), "--cases", "1", "--seed", "2", "--set", "fov_mm=[96,96,64]", "--set", "bias_hu=0"])
+    result = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "cli"), "--cases", "1", "--seed", "2", "--set", "synth.fov_mm=[96,96,64]", "--set", "synth.bias_hu=0"])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "cli" / "synthetic.json").read_text())["config"]
     assert config["fov_mm"] == [96.0, 96.0, 64.0] and config["bias_hu"] == 0 and config["seed"] == 2

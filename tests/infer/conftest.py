@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     from medseg.data.fingerprint import compute_fingerprint
     from medseg.data.plan import make_plan
     from medseg.data.synthetic import make_synthetic_dataset
-    from medseg.run_config import load_run_config
+    from medseg.config.loader import load_config
     from medseg.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("infer_model")
@@ -40,7 +40,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
                                      inplane_spacing_mm=(1.5, 2.0), slice_spacing_mm=(2.0, 4.0))
     description = load_dataset(dataset)
     fingerprint = compute_fingerprint(description, workers=1, progress=False)
-    config = load_run_config(None, TRAIN_SETTINGS)
+    config = load_config(None, TRAIN_SETTINGS)
     plan = make_plan(description, fingerprint, config.plan)
     preprocess_dataset(description, plan, root / "cache", workers=1, progress=False)
     threads = torch.get_num_threads()

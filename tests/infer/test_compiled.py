@@ -61,10 +61,10 @@ def test_compiled_network_gives_the_eager_mask(trained):
 
 
 def test_yaml_on_off_are_accepted(tmp_path):
-    from medseg.infer import load_infer_config
+    from medseg.config.loader import load_config
 
-    assert load_infer_config(None, ["infer.compile=on"]).compile == "on"
-    assert load_infer_config(None, ["infer.compile=off"]).compile == "off"
+    assert load_config(None, ["infer.compile=on"]).infer.compile == "on"
+    assert load_config(None, ["infer.compile=off"]).infer.compile == "off"
     path = tmp_path / "infer.yaml"
     path.write_text("infer:\n  compile: on\n")
-    assert load_infer_config(path).compile == "on"
+    assert load_config(path).infer.compile == "on"

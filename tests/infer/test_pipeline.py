@@ -12,7 +12,9 @@ import torch
 
 from medseg.errors import InputError
 from medseg.infer import InferConfig, InferFailures, infer, load_model
-from medseg.infer.predictor import make_runtime, predict_probabilities, torch_threads
+from medseg.infer.predictor import WindowSpec, mirror_sets, predict_probabilities
+from medseg.runtime import resolve_runtime, runtime_scope
+from medseg.train.checkpoint import load_checkpoint, save_checkpoint
 from medseg.io import Volume, read_volume, write_volume
 from medseg.io.dicom_write import write_dicom_series
 from medseg.io.geometry import corner_points
@@ -95,14 +97,15 @@ def test_dice_matches_the_validation_dice_in_the_checkpoint(trained, segmenter):
     boundary disagreements of a few percent of them move Dice by a few hundredths; geometry
     errors cost far more (a left-right flip of the mask alone drops Dice to ~0.1).
     """
-    payload = torch.load(trained["run"] / "checkpoint_best.pt", weights_only=True)
-    (case,) = payload["val_cases"]
-    stored = payload["validation"]["dice"]["1"]
+    payload = load_checkpoint(trained["run"] / "checkpoint_best.pt")
+    stored = payload.validation.dice["1"]
     assert stored > 0.3, "the fixture model learned too little for this comparison"
-    image = read_volume(trained["dataset"] / "imagesTr" / f"{case}.nii.gz")
-    label = read_volume(trained["dataset"] / "labelsTr" / f"{case}.nii.gz", role="label").array
-    prediction = segmenter.predict(image)
-    assert abs(_dice(prediction.labels == 1, label == 1) - stored) < 0.05
+    scores = []
+    for case in payload.val_cases:  # the final validation covers every case of the fold
+        image = read_volume(trained["dataset"] / "imagesTr" / f"{case}.nii.gz")
+        label = read_volume(trained["dataset"] / "labelsTr" / f"{case}.nii.gz", role="label").array
+        scores.append(_dice(segmenter.predict(image).labels == 1, label == 1))
+    assert abs(float(np.mean(scores)) - stored) < 0.05
 
 
 def test_folder_with_a_corrupt_case(trained, segmenter, tmp_path):
@@ -117,7 +120,9 @@ def test_folder_with_a_corrupt_case(trained, segmenter, tmp_path):
         infer(segmenter.model, cases, out, FAST, segmenter=segmenter)
     report = caught.value.report
     assert sorted(report.outputs) == ["case_004", "case_005"] and list(report.failed) == ["broken"]
-    assert sorted(p.name for p in out.iterdir()) == ["case_004.json", "case_004.nii.gz", "case_005.json", "case_005.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_004.json", "case_004.nii.gz", "case_005.json", "case_005.nii.gz", "infer_summary.json"]
+    summary = json.loads((out / "infer_summary.json").read_text())
+    assert summary["written"] == ["case_004", "case_005"] and list(summary["failed"]) == ["broken"]
 
 
 def test_cli_exit_code_is_nonzero_when_a_case_fails(trained, tmp_path, capsys):
@@ -179,21 +184,23 @@ def test_outputs_and_sidecar(trained, segmenter, tmp_path):
 
 def test_fold_ensemble_averages_softmax(trained, tmp_path):
     folds = tmp_path / "folds"
-    payload = torch.load(trained["run"] / "checkpoint_best.pt", weights_only=True)
+    payload = load_checkpoint(trained["run"] / "checkpoint_best.pt")
     for fold in (0, 1):
         (folds / f"fold_{fold}").mkdir(parents=True)
         if fold == 1:  # a different network: perturbed weights
             generator = torch.Generator().manual_seed(0)
-            payload["model"] = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in payload["model"].items()}
-            payload["fold"] = 1
-        torch.save(payload, folds / f"fold_{fold}" / "checkpoint_best.pt")
+            weights = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in payload.model.items()}
+            payload = payload.model_copy(update={"model": weights, "fold": 1})
+        save_checkpoint(folds / f"fold_{fold}" / "checkpoint_best.pt", payload)
     ensemble = load_model(folds)
     assert len(ensemble.networks) == 2 and ensemble.folds == [0, 1]
-    runtime = make_runtime(FAST)
+    runtime = resolve_runtime("cpu", "off", 1)
+    spec = WindowSpec(ensemble.patch_size, 0.5, 1)
     image = np.random.default_rng(0).normal(size=(1, 40, 44, 20)).astype(np.float32)
-    with torch_threads(1):
-        averaged = predict_probabilities(ensemble, image, FAST, runtime)
-        singles = [predict_probabilities(load_model(folds / f"fold_{fold}"), image, FAST, runtime) for fold in (0, 1)]
+    cpu = torch.device("cpu")
+    with runtime_scope(runtime):
+        averaged = predict_probabilities(ensemble.networks, image, spec, runtime, cpu, 3)
+        singles = [predict_probabilities(load_model(folds / f"fold_{fold}").networks, image, spec, runtime, cpu, 3) for fold in (0, 1)]
     assert not torch.allclose(singles[0], singles[1], atol=1e-3)
     torch.testing.assert_close(averaged, (singles[0] + singles[1]) / 2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(averaged.sum(0), torch.ones(averaged.shape[1:]), atol=1e-4, rtol=0)
@@ -203,11 +210,12 @@ def test_tta_undoes_its_flips(segmenter):
     """With one window covering the image, mirrored TTA is exactly flip-equivariant only if every flip is undone."""
     model = segmenter.model
     image = torch.randn(1, *model.patch_size, generator=torch.Generator().manual_seed(1)).numpy()
-    config = InferConfig(threads=1, tta=True)
-    runtime = make_runtime(config)
-    with torch_threads(1):
-        plain = predict_probabilities(model, image, config, runtime)
-        flipped = predict_probabilities(model, np.ascontiguousarray(image[:, ::-1, :, ::-1]), config, runtime)
-        no_tta = predict_probabilities(model, image, config, make_runtime(InferConfig(threads=1, tta=False)))
+    runtime = resolve_runtime("cpu", "off", 1)
+    tta = WindowSpec(model.patch_size, 0.5, 1, mirror_sets(None, 3, tta=True))
+    cpu, classes = torch.device("cpu"), model.num_classes
+    with runtime_scope(runtime):
+        plain = predict_probabilities(model.networks, image, tta, runtime, cpu, classes)
+        flipped = predict_probabilities(model.networks, np.ascontiguousarray(image[:, ::-1, :, ::-1]), tta, runtime, cpu, classes)
+        no_tta = predict_probabilities(model.networks, image, WindowSpec(model.patch_size, 0.5, 1), runtime, cpu, classes)
     torch.testing.assert_close(torch.flip(flipped, (1, 3)), plain, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(no_tta, plain, atol=1e-4)

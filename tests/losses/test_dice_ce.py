@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss as MonaiDiceCELoss
 
-from medseg.config import build as build_config
+from medseg.config.loader import build as build_config
 from medseg.errors import ConfigError
 from medseg.losses import (
     DeepSupervisionLoss,

@@ -35,7 +35,7 @@ def _files(tmp_path):
 def test_evaluate_command(tmp_path):
     _files(tmp_path)
     args = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--gt", str(tmp_path / "ref.nii.gz"), "--labels", str(tmp_path / "dataset.json")]
-    args += ["--lesion-labels", "tumor", "--tolerance", "organ=2", "--set", "bootstrap_samples=0", "-o", str(tmp_path / "eval")]
+    args += ["--lesion-labels", "tumor", "--tolerance", "organ=2", "--set", "evaluate.bootstrap_samples=0", "-o", str(tmp_path / "eval")]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "organ" in result.output and "tumor: 1/1 lesions found" in result.output
@@ -67,34 +67,15 @@ def test_help_teaches_with_examples():
     assert result.exit_code == 0 and "Examples" in result.output and "--lesion-labels" in result.output
 
 
-def test_bench_command_registers_under_a_group(tmp_path, monkeypatch):
-    from medseg.cli import evaluate_cmd
-    from medseg.metrics import bench
-
-    calls = {}
-
-    def fake(**kwargs):
-        calls.update(kwargs)
-        return {"shape": [8, 8, 8], "labels": 10, "seconds_best": 0.1, "seconds_with_io": 0.2}
-
-    monkeypatch.setattr(bench, "bench_evaluate", fake)
-    app, group = typer.Typer(), typer.Typer()
-    evaluate_cmd.register_bench(group)
-    app.add_typer(group, name="bench")
-    result = CliRunner().invoke(app, ["bench", "evaluate", "--repeats", "1", "-o", str(tmp_path / "b.json")])
-    assert result.exit_code == 0, result.output
-    assert calls["repeats"] == 1 and calls["with_io"] is True and "0.10 s in memory" in result.output
-
-
 def test_config_file_and_bad_override(tmp_path):
     from medseg.errors import ConfigError
 
     _files(tmp_path)
     (tmp_path / "eval.yaml").write_text("evaluate:\n  lesion_match_dilation_voxels: 2\n  seed: 3\n")
     base = ["evaluate", "-p", str(tmp_path / "pred.nii.gz"), "-g", str(tmp_path / "ref.nii.gz"), "-o", str(tmp_path / "e")]
-    result = CliRunner().invoke(_app(), base + ["--config", str(tmp_path / "eval.yaml"), "--set", "seed=4"])
+    result = CliRunner().invoke(_app(), base + ["--config", str(tmp_path / "eval.yaml"), "--set", "evaluate.seed=4"])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "e" / "summary.json").read_text())["config"]
     assert config["lesion_match_dilation_voxels"] == 2 and config["seed"] == 4
-    result = CliRunner().invoke(_app(), base + ["--set", "tolerance=2"])
+    result = CliRunner().invoke(_app(), base + ["--set", "evaluate.tolerance=2"])
     assert isinstance(result.exception, ConfigError) and "valid keys" in str(result.exception)

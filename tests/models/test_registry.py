@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from medseg.config import build as build_config
+from medseg.config.loader import build as build_config
 from medseg.errors import ConfigError
 from medseg.models import ModelConfig, available_models, build_model, register_model
 from medseg.models import registry

@@ -21,7 +21,7 @@ def _app() -> typer.Typer:
 def test_report_command(synthetic, tmp_path):
     out = tmp_path / "out" / "report.html"
     args = ["report", str(synthetic.eval_dir), "-o", str(out), "--images", str(synthetic.images), "--max-cases", "1"]
-    args += ["--title", "Fold 0 validation", "--note", "Synthetic phantoms.", "--set", "panel_height_px=160", "--set", "plot_metrics=[dice,hd95]"]
+    args += ["--title", "Fold 0 validation", "--note", "Synthetic phantoms.", "--set", "report.panel_height_px=160", "--set", "report.plot_metrics=[dice,hd95]"]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and out.is_file()

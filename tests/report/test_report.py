@@ -93,13 +93,19 @@ def test_model_summary_from_run_folder(synthetic, tmp_path):
 
 
 def test_model_summary_from_checkpoint(synthetic, tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
+    from medseg.config.schema import RunConfig
+    from medseg.schema import ValidationScores
+    from medseg.train.checkpoint import save_checkpoint
+    from tests.schema._builders import tiny_payload
+
     checkpoint = tmp_path / "checkpoint_best.pt"
-    payload = {"format_version": 1, "config": {"model": {"name": "segresnet"}}, "epoch": 42, "labels": {"0": "background", "1": "liver"}, "validation": {"mean_dice": 0.875}}
-    torch.save(payload, checkpoint)
+    payload = tiny_payload(epoch=42).model_copy(update={"config": RunConfig(model={"name": "segresnet"}).model_dump(mode="json"),
+                                                         "validation": ValidationScores(dice={"1": 0.875}, mean_dice=0.875)})
+    save_checkpoint(checkpoint, payload)
     html = build_report(synthetic.eval_dir, tmp_path / "r.html", model=checkpoint, max_cases=0, progress=False).read_text()
     model = _table(html, "model-summary")
-    assert "segresnet" in model and ">42<" in model and "0.875" in model and "1: liver" in model
+    assert "segresnet" in model and ">42<" in model and "0.875" in model and "1: class_1" in model
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="not a readable medseg checkpoint"):
         build_report(synthetic.eval_dir, tmp_path / "r2.html", model=tmp_path / "junk.pt", max_cases=0, progress=False)

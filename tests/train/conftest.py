@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medseg.run_config import RunConfig, load_run_config
+from medseg.config.loader import load_config
+from medseg.config.schema import RunConfig
 
 TINY_OVERRIDES = [
     "plan.target_spacing=[3.0,3.0,6.0]",
@@ -25,7 +26,7 @@ TINY_OVERRIDES = [
 
 
 def tiny_config(*extra: str) -> RunConfig:
-    return load_run_config(None, TINY_OVERRIDES + list(extra))
+    return load_config(None, TINY_OVERRIDES + list(extra))
 
 
 @pytest.fixture(scope="session")

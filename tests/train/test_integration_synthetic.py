@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from medseg.run_config import load_run_config
+from medseg.config.loader import load_config
 from medseg.train.api import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ def test_synthetic_training_reaches_organ_dice(tmp_path):
     from medseg.data.synthetic import make_synthetic_dataset
 
     dataset = make_synthetic_dataset(tmp_path / "dataset", cases=10, seed=11)
-    config = load_run_config(REPO / "configs" / "synthetic.yaml", [f"work_dir={tmp_path / 'work'}", f"run_dir={tmp_path / 'run'}", "train.max_minutes=6"])
+    config = load_config(REPO / "configs" / "synthetic.yaml", [f"work_dir={tmp_path / 'work'}", f"run_dir={tmp_path / 'run'}", "train.max_minutes=6"])
     config.dataset = str(dataset)
     result = train(config, folds=[0], progress=False)[0]
     liver, tumor = result.last_validation["dice"][1], result.last_validation["dice"][2]

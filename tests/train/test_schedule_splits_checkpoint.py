@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from medseg.errors import ConfigError, InputError
+from medseg.schema import FORMAT_VERSION, TrainingState
 from medseg.train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.train.config import TrainConfig
 from medseg.train.schedule import learning_rate, poly_lr, training_progress, warmup_cosine_lr
 from medseg.train.splits import load_or_create_splits, make_splits
+from tests.schema._builders import tiny_payload
 
 
 def test_poly_matches_nnunet_formula():
@@ -56,13 +58,14 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     torch.manual_seed(5)
     state = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    path = save_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": state, "epoch": 7, "config": {"a": [1, 2]}})
+    training = TrainingState(optimizer=optimizer.state_dict(), scaler={}, iteration=70, elapsed_s=1.5, best_ema_dice=0.5, ema_dice=0.4, rng={"0": state})
+    path = save_checkpoint(tmp_path / "last.pt", tiny_payload(model, epoch=7, training=training))
     payload = load_checkpoint(path)
-    assert payload["epoch"] == 7 and payload["format_version"] == 1
-    restore_rng_state(payload["rng"])
+    assert payload.epoch == 7 and payload.format_version == FORMAT_VERSION and payload.training.iteration == 70
+    restore_rng_state(payload.training.rng["0"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     fresh = torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
-    fresh.load_state_dict(payload["optimizer"])
+    fresh.load_state_dict(payload.training.optimizer)
     torch.testing.assert_close(fresh.state_dict()["state"][0]["momentum_buffer"], optimizer.state_dict()["state"][0]["momentum_buffer"])
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left"
 

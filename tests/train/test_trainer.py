@@ -21,22 +21,26 @@ def test_loss_goes_down_and_checkpoint_reloads(tiny_cache, tmp_path):
     config = tiny_config("train.epochs=5", "train.iterations_per_epoch=8")
     trainer = Trainer(config, tiny_cache, tmp_path / "run", progress=False)
     result = trainer.fit()
-    rows = trainer.history
+    rows = trainer.counters.history
     assert result.epochs_done == 5 and result.iterations_done == 40
     assert rows[-1]["train_loss"] < rows[0]["train_loss"], [row["train_loss"] for row in rows]
     for name in ("checkpoint_last.pt", "checkpoint_best.pt", "config.yaml", "environment.json", "training_log.csv", "training_curves.png", "summary.json"):
         assert (tmp_path / "run" / name).is_file(), name
     payload = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
-    assert payload["labels"] == {"0": "background", "1": "liver", "2": "tumor"}
-    assert payload["plan"]["target_spacing"] == [3.0, 3.0, 6.0]
-    spec = payload["model_spec"]
-    network = build_model(ModelConfig(**payload["config"]["model"]), spec["in_channels"], spec["out_channels"], spec["plan_configuration"])
-    network.load_state_dict(payload["model"])
+    assert payload.labels == {0: "background", 1: "liver", 2: "tumor"}
+    assert payload.configuration.grid_spacing() == [3.0, 3.0, 6.0]
+    assert payload.training is not None, "the last checkpoint can resume"
+    best = load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")
+    assert best.training is None and best.validation is not None, "the best checkpoint is inference-only"
+    assert (tmp_path / "run" / "checkpoint_best.pt").stat().st_size < 0.7 * (tmp_path / "run" / "checkpoint_last.pt").stat().st_size
+    spec = payload.model_spec
+    network = build_model(ModelConfig(**payload.config["model"]), spec.in_channels, spec.out_channels, spec.configuration.network_plan())
+    network.load_state_dict(payload.model)
     network.eval()
-    trainer.network.eval()
+    trainer.step.network.eval()
     sample = torch.randn(1, 1, 32, 32, 16)
     with torch.no_grad():
-        torch.testing.assert_close(network(sample), trainer.network(sample))
+        torch.testing.assert_close(network(sample), trainer.step.network(sample))
 
 
 def test_time_budget_stops_cleanly(tiny_cache, tmp_path):
@@ -46,22 +50,22 @@ def test_time_budget_stops_cleanly(tiny_cache, tmp_path):
     assert result.stopped_by_time and result.epochs_done < 1000
     assert time.perf_counter() - started < 60
     assert result.last_validation is not None, "a budget-ended run still validates and saves"
-    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")["epoch"] == result.epochs_done
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_last.pt").epoch == result.epochs_done
 
 
 def _train_script(cache: Path, run_dir: Path, extra: list[str]) -> str:
     overrides = TINY_OVERRIDES + extra
     return (
         "import os\n"
-        "from medseg.run_config import load_run_config\n"
+        "from medseg.config.loader import load_config\n"
         "from medseg.train.trainer import Trainer\n"
-        f"config = load_run_config(None, {overrides!r})\n"
+        f"config = load_config(None, {overrides!r})\n"
         f"Trainer(config, {str(cache)!r}, {str(run_dir)!r}, resume={'RESUME' in os.environ!r}, progress=False).fit()\n"
     )
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
-    extra = ["train.epochs=6", "train.iterations_per_epoch=5", "train.val_every=3"]
+    extra = ["train.epochs=6", "train.iterations_per_epoch=5", "train.val_every=3", "train.checkpoint_every=1"]
     reference = Trainer(tiny_config(*extra), tiny_cache, tmp_path / "reference", progress=False)
     reference.fit()
 
@@ -76,17 +80,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_cache, tmp_path):
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the run must be killed mid-training for this test to mean anything"
     saved = load_checkpoint(checkpoint)
-    assert 1 <= saved["epoch"] < 6
+    assert 1 <= saved.epoch < 6
+    assert all(value.device.type == "cpu" for value in saved.model.values()), "checkpoints load onto the CPU"
 
     resumed = Trainer(tiny_config(*extra), tiny_cache, killed_dir, resume=True, progress=False)
-    assert resumed.epoch == saved["epoch"]
-    assert resumed.iteration == saved["scheduler"]["iteration"]
-    momentum = saved["optimizer"]["state"][0]["momentum_buffer"]
-    torch.testing.assert_close(resumed.optimizer.state_dict()["state"][0]["momentum_buffer"], momentum)
     resumed.fit()
-    assert resumed.epoch == 6 and [row["epoch"] for row in resumed.history] == list(range(1, 7))
-    for name, value in reference.network.state_dict().items():
-        torch.testing.assert_close(resumed.network.state_dict()[name], value, msg=f"{name} differs after resume")
+    assert resumed.counters.epoch == 6 and [row["epoch"] for row in resumed.counters.history] == list(range(1, 7))
+    for name, value in reference.step.network.state_dict().items():
+        torch.testing.assert_close(resumed.step.network.state_dict()[name], value, msg=f"{name} differs after resume")
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tiny_cache, tmp_path):
@@ -106,5 +107,7 @@ def test_two_process_gloo_ddp(tiny_cache, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     payload = load_checkpoint(run_dir / "checkpoint_last.pt")
-    assert payload["epoch"] == 2 and payload["scheduler"]["iteration"] == 6
-    assert not any(key.startswith("module.") for key in payload["model"]), "DDP wrapper must not leak into saved weights"
+    assert payload.epoch == 2 and payload.training.iteration == 6
+    assert not any(key.startswith("module.") for key in payload.model), "DDP wrapper must not leak into saved weights"
+    assert sorted(payload.training.rng) == ["0", "1"], "every rank's RNG state is saved, not only rank 0's"
+    assert not torch.equal(payload.training.rng["0"]["torch"], payload.training.rng["1"]["torch"])

@@ -9,16 +9,14 @@ patch 96^3, 16 base features). Random weights make the two masks' agreement a we
 (near-tied logits flip under the pipelines' different interpolation), so it is reported, not
 asserted.
 
-Cases: ``../shared/data/totalseg_example/ct/example_ct.nii.gz`` when present and a synthetic
-512 x 512 x 300 CT (0.8 x 0.8 x 1.5 mm, stored LPS like a DICOM conversion).
+Cases: the example CT of the shared test data (``$MEDSEG_TEST_DATA/totalseg_example/ct/example_ct.nii.gz``)
+when present, and a synthetic 512 x 512 x 300 CT (0.8 x 0.8 x 1.5 mm, stored LPS like a DICOM conversion).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,56 +26,50 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medseg.bench.common import load_average, machine_info, shared_data_file
 from medseg.errors import ConfigError
 from medseg.infer.outputs import safe_name
 from medseg.io import Volume, read_volume, write_volume
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import write_text
+from medseg.schema.plan import Plan
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_CT = Path("../shared/data/totalseg_example/ct/example_ct.nii.gz")
+EXAMPLE_CT_RELATIVE = Path("totalseg_example/ct/example_ct.nii.gz")
 CT_NORMALIZATION = {"channel": 0, "name": "CT", "modality": "CT", "scheme": "ct", "clip": [-1000.0, 1500.0], "mean": 40.0, "std": 350.0}
 
 
-def benchmark_plan(classes: int, spacing: Sequence[float] = (3.0, 3.0, 3.0), patch: Sequence[int] = (96, 96, 96), image_order: int = 3) -> dict[str, Any]:
+def benchmark_plan(classes: int, spacing: Sequence[float] = (3.0, 3.0, 3.0), patch: Sequence[int] = (96, 96, 96), image_order: int = 3) -> Plan:
     """A minimal medseg plan: CT normalization, target spacing, one 3D configuration."""
-    labels = {str(k): ("background" if k == 0 else f"class_{k}") for k in range(classes)}
-    return {
-        "plan_version": 1, "dataset": "benchmark", "labels": labels, "canonical_orientation": "RAS",
+    return Plan.model_validate({
+        "dataset": "benchmark", "labels": {k: ("background" if k == 0 else f"class_{k}") for k in range(classes)},
         "target_spacing": list(spacing),
         "preprocessing": {
-            "orientation": "RAS", "target_spacing": list(spacing), "num_channels": 1, "labels": list(range(classes)),
-            "normalization": [dict(CT_NORMALIZATION)],
+            "target_spacing": list(spacing), "num_channels": 1, "labels": list(range(classes)), "normalization": [dict(CT_NORMALIZATION)],
             "resampling": {"image_order": image_order, "label": "per_class_linear", "separate_axis_ratio": 3.0, "out_of_plane_order": 0},
-            "class_locations_per_class": 100, "seed": 0,
+            "class_locations_per_class": 100,
         },
-        "configurations": {"3d": {"patch_size": list(patch), "spacing": list(spacing), "batch_size": 2}},
-    }
+        "configurations": {"3d_fullres": {"patch_size": list(patch), "spacing": list(spacing), "batch_size": 2}},
+        "aliases": {"3d": "3d_fullres"},
+    })
 
 
 def build_benchmark_checkpoint(path: str | Path, classes: int = 3, base_features: int = 16, max_features: int = 256,
                                patch: Sequence[int] = (96, 96, 96), spacing: Sequence[float] = (3.0, 3.0, 3.0), seed: int = 0,
                                image_order: int = 3) -> Path:
-    """Save a randomly initialised DynUNet with a plan as a medseg checkpoint (format of medseg.train)."""
+    """Save a randomly initialised DynUNet with a plan as an inference checkpoint (the format `medseg train` writes)."""
     import torch
 
-    from medseg.models.config import ModelConfig
+    from medseg.config.schema import RunConfig
     from medseg.models.registry import build_model
-    from medseg.run_config import RunConfig
-    from medseg.train.checkpoint import save_checkpoint
+    from medseg.train.checkpoint import inference_checkpoint, save_checkpoint
 
     plan = benchmark_plan(classes, spacing, patch, image_order)
     config = RunConfig.model_validate({"model": {"name": "dynunet", "base_features": base_features, "max_features": max_features}})
-    configuration = dict(plan["configurations"]["3d"])
+    configuration = plan.configuration("3d")
     torch.manual_seed(seed)
-    network = build_model(ModelConfig(**config.model.model_dump()), 1, classes, configuration)
-    payload = {
-        "model": network.state_dict(),
-        "model_spec": {"name": "dynunet", "in_channels": 1, "out_channels": classes, "plan_configuration": configuration},
-        "config": config.model_dump(mode="json"), "plan": plan, "labels": plan["labels"],
-        "normalization": plan["preprocessing"]["normalization"], "fold": 0, "epoch": 0, "validation": None,
-    }
-    return save_checkpoint(path, payload)
+    network = build_model(config.model, 1, classes, configuration.network_plan())
+    return save_checkpoint(path, inference_checkpoint(network, config, plan, configuration, in_channels=1))
 
 
 def synthetic_ct(path: str | Path, shape: Sequence[int] = (512, 512, 300), spacing: Sequence[float] = (0.8, 0.8, 1.5), seed: int = 0) -> Path:
@@ -103,33 +95,11 @@ def synthetic_ct(path: str | Path, shape: Sequence[int] = (512, 512, 300), spaci
     return write_volume(Volume(image, affine, "image", {"modality": "CT"}).reoriented("LPS"), path)
 
 
-def machine_info() -> dict[str, Any]:
-    import monai
-    import SimpleITK as sitk
-    import torch
-
-    memory_gb = None
-    try:
-        with open("/proc/meminfo") as handle:
-            memory_gb = round(int(handle.readline().split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__,
-            "simpleitk": sitk.Version_VersionString(), "platform": platform.platform()}
-
-
 def _run(pipeline: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
     spec_path, result_path = work / f"{pipeline}_spec.json", work / f"{pipeline}_result.json"
-    spec_path.write_text(json.dumps(spec))
+    write_text(spec_path, json.dumps(spec))
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "medseg.infer.bench_runner", pipeline, str(spec_path), str(result_path)],
+    completed = subprocess.run([sys.executable, "-m", "medseg.bench.infer_runner", pipeline, str(spec_path), str(result_path)],
                                capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError(f"{pipeline} benchmark process failed:\n{completed.stderr[-3000:]}")
@@ -147,11 +117,14 @@ def _agreement(medseg_mask: str, monai_mask: str) -> dict[str, float]:
     return {"dice": float(np.mean(dices)) if dices else 1.0, "voxel_agreement": float(np.mean(a.array == b.array)), "same_grid": True}
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
+#: The MONAI pipelines medseg is compared with (see :mod:`medseg.bench.infer_runner`).
+PEERS = ("monai", "monai-expert")
+
+
+def _ratios(medseg: dict[str, Any], peer: dict[str, Any]) -> dict[str, float]:
+    agreement = _agreement(medseg["mask"], peer["mask"])
+    return {"speedup": peer["seconds"] / medseg["seconds"], "ram_ratio": medseg["peak_rss_mb"] / peer["peak_rss_mb"],
+            "agreement_dice": agreement["dice"], "agreement_voxels": agreement["voxel_agreement"]}
 
 
 def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,7 +138,7 @@ def bench_infer(
     model: str | Path | None = None,
     inputs: list[Path] | None = None,
     synthetic_shape: Sequence[int] = (512, 512, 300),
-    out_json: str | Path | None = Path("reports/infer_benchmark_cpu.json"),
+    out_json: str | Path | None = None,
     device: str = "cpu",
     *,
     synthetic: bool = True,
@@ -177,6 +150,7 @@ def bench_infer(
     image_order: int = 3,
     compile_mode: str = "auto",
     work_dir: str | Path | None = None,
+    peers: Sequence[str] = ("monai",),
 ) -> dict[str, Any]:
     """Time medseg and MONAI on each input, each run in its own process, alternating ``repeats`` times.
 
@@ -190,8 +164,13 @@ def bench_infer(
     for name, (value, allowed) in checks.items():
         if value not in allowed:
             raise ConfigError(f"bench infer: {name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-    if not inputs and not synthetic and not EXAMPLE_CT.is_file():
-        raise ConfigError(f"bench infer: nothing to time: {EXAMPLE_CT} is not there (run from the repository root, or give --input) "
+    peers = list(dict.fromkeys(peers))
+    unknown = [peer for peer in peers if peer not in PEERS]
+    if unknown or not peers:
+        raise ConfigError(f"bench infer: --peer must be one of {', '.join(PEERS)}, got {', '.join(unknown) or 'none'}")
+    example = shared_data_file(EXAMPLE_CT_RELATIVE)
+    if not inputs and not synthetic and example is None:
+        raise ConfigError(f"bench infer: nothing to time: no {EXAMPLE_CT_RELATIVE} under $MEDSEG_TEST_DATA (give --input) "
                           "and --no-synthetic was given")
     class_counts = [classes] if isinstance(classes, int) else list(classes)
     with tempfile.TemporaryDirectory(prefix="medseg_bench_infer_") as temporary:
@@ -200,7 +179,7 @@ def bench_infer(
         models = ([(None, Path(model))] if model is not None else
                   [(count, build_benchmark_checkpoint(work / f"benchmark_model_{count}_classes_order{image_order}.pt", classes=count,
                                                                  image_order=image_order)) for count in class_counts])
-        cases = [Path(p) for p in inputs] if inputs else ([EXAMPLE_CT] if EXAMPLE_CT.is_file() else [])
+        cases = [Path(p) for p in inputs] if inputs else ([example] if example is not None else [])
         if synthetic:
             shape = tuple(int(s) for s in synthetic_shape)
             cases.append(synthetic_ct(work / f"synthetic_ct_{'x'.join(map(str, shape))}.nii.gz", shape))
@@ -212,23 +191,21 @@ def bench_infer(
                                        "compile": compile_mode,
                                        "shape": list(source.shape),
                                        "spacing_mm": [round(float(s), 4) for s in source.spacing], "orientation": source.orientation,
-                                       "load_average_before": _load_average()}
+                                       "load_average_before": load_average()}
                 del source
-                runs: dict[str, list[dict[str, Any]]] = {"medseg": [], "monai": []}
+                pipelines = ["medseg", *peers]
+                runs: dict[str, list[dict[str, Any]]] = {pipeline: [] for pipeline in pipelines}
                 for repeat in range(repeats):
-                    for pipeline in ("medseg", "monai") if repeat % 2 == 0 else ("monai", "medseg"):
+                    for pipeline in pipelines if repeat % 2 == 0 else pipelines[::-1]:
                         spec = {"model": str(model_path), "input": str(case), "out_dir": str(work / f"{pipeline}_{count}_{safe_name(case.name)}"),
                                 "device": device, "overlap": overlap, "sw_batch_size": sw_batch_size, "amp": amp, "compile": compile_mode}
                         log.info("benchmark: %s on %s (%s classes), run %d/%d", pipeline, case.name, count, repeat + 1, repeats)
                         runs[pipeline].append(_run(pipeline, spec, work))
                 row.update({pipeline: _summarise(results) for pipeline, results in runs.items()})
-                row["load_average_after"] = _load_average()
-                row["speedup"] = row["monai"]["seconds"] / row["medseg"]["seconds"]
-                row["ram_ratio"] = row["medseg"]["peak_rss_mb"] / row["monai"]["peak_rss_mb"]
-                overhead = {p: row[p]["seconds"] - row[p]["stages_s"]["predict"] for p in ("medseg", "monai")}
-                row["non_network_s"] = overhead
-                agreement = _agreement(row["medseg"]["mask"], row["monai"]["mask"])
-                row["agreement_dice"], row["agreement_voxels"] = agreement["dice"], agreement["voxel_agreement"]
+                row["load_average_after"] = load_average()
+                row["peers"] = peers
+                row["non_network_s"] = {p: row[p]["seconds"] - row[p]["stages_s"]["predict"] for p in pipelines}
+                row["ratios"] = {peer: _ratios(row["medseg"], row[peer]) for peer in peers}
                 rows.append(row)
         result = {"benchmark": "medseg infer vs plain MONAI pipeline", "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
                   "settings": {"device": device, "overlap": overlap, "blending": "gaussian", "sw_batch_size": sw_batch_size, "tta": False,
@@ -249,11 +226,8 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(result: dict[str, Any], out_json: Path) -> tuple[Path, Path]:
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_json) as temporary:
-        temporary.write_text(json.dumps(result, indent=2) + "\n")
-    markdown = out_json.with_suffix(".md")
-    with atomic_path(markdown) as temporary:
-        temporary.write_text(render_markdown(result))
+    write_text(out_json, json.dumps(result, indent=2) + "\n")
+    markdown = write_text(out_json.with_suffix(".md"), render_markdown(result))
     return out_json, markdown
 
 
@@ -268,27 +242,27 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# {result['benchmark']} ({result['date']})", "",
              f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB RAM, GPU: {machine['gpu'] or 'none'}; "
              f"Python {machine['python']}, torch {machine['torch']}, MONAI {machine['monai']}, SimpleITK {machine['simpleitk']}, numpy {machine['numpy']}.", "",
-             f"Network: {settings['model']}. Both pipelines: device {settings['device']}, overlap {settings['overlap']}, {settings['blending']} "
+             f"Network: {settings['model']}. Every pipeline: device {settings['device']}, overlap {settings['overlap']}, {settings['blending']} "
              f"blending, sw_batch_size {settings['sw_batch_size']}, no TTA, the same torch threads; each run in its own process; "
              f"best of {settings['repeats']} alternating run(s) per pipeline (peak RSS: the largest).", "",
-             "Columns: classes of the network (incl. background); the plan's image interpolation for medseg's preprocessing "
-             "(MONAI always uses Spacingd bilinear); AMP for both networks; medseg's `infer.compile` (MONAI runs eager).", "",
+             "Pipelines: `medseg`; `monai` (MONAI's tutorial: Spacingd bilinear, softmax, Invertd of the class probabilities, argmax); "
+             "`monai-expert` (float32 Spacingd, argmax on the model grid, then a nearest-neighbour Invertd of the label map).", "",
              "| input | classes | medseg interp. | AMP | compile | pipeline | seconds (best) | all runs | peak RSS MB | stages of the best run (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
-        for pipeline in ("medseg", "monai"):
+        for pipeline in ["medseg", *row.get("peers", ["monai"])]:
             data = row[pipeline]
             stages = ", ".join(f"{k} {v:.1f}" for k, v in data["stages_s"].items())
             lines.append(f"| {row['input']} {'x'.join(map(str, row['shape']))} | {_variant(row)} | {pipeline} | {data['seconds']:.1f} | "
                          f"{', '.join(f'{v:.1f}' for v in data['seconds_all'])} | {data['peak_rss_mb']:.0f} | {stages} |")
-    lines += ["", "| input | classes | medseg interp. | AMP | compile | MONAI time / medseg time (goal >= 2) | medseg RAM / MONAI RAM (goal <= 0.5) | "
-              "seconds outside the network: medseg / MONAI | largest medseg stage outside the network | mask agreement (mean Dice) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| input | classes | medseg interp. | AMP | compile | peer | peer time / medseg time | medseg RAM / peer RAM | "
+              "seconds outside the network: medseg / peer | largest medseg stage outside the network | mask agreement (mean Dice) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["cases"]:
         stages = {k: v for k, v in row["medseg"]["stages_s"].items() if k != "predict"}
         largest = max(stages, key=stages.get)
-        lines.append(f"| {row['input']} | {_variant(row)} | {row['speedup']:.2f}x {'(met)' if row['speedup'] >= 2 else '(not met)'} | "
-                     f"{row['ram_ratio']:.2f} {'(met)' if row['ram_ratio'] <= 0.5 else '(not met)'} | "
-                     f"{row['non_network_s']['medseg']:.1f} / {row['non_network_s']['monai']:.1f} | {largest} {stages[largest]:.1f} s | "
-                     f"{row['agreement_dice']:.3f} |")
+        for peer, ratio in row.get("ratios", {}).items():
+            lines.append(f"| {row['input']} | {_variant(row)} | {peer} | {ratio['speedup']:.2f}x | {ratio['ram_ratio']:.2f} | "
+                         f"{row['non_network_s']['medseg']:.1f} / {row['non_network_s'][peer]:.1f} | {largest} {stages[largest]:.1f} s | "
+                         f"{ratio['agreement_dice']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -1,28 +1,28 @@
-"""Typed configuration: YAML file + ``--set a.b=c`` overrides -> one validated object.
+"""The config loader: defaults <- YAML file <- ``--set section.key=value`` -> one validated RunConfig.
 
-Every hyperparameter lives in a pydantic model; sections are owned by the module that uses them
-and composed here. Override values are parsed with ``yaml.safe_load`` (never ``eval``), so
-``--set train.lr=0.01`` gives a float and ``--set model.norm=batch`` a string; pydantic then
-checks the type and rejects unknown keys, listing the valid ones.
+One grammar for every command: ``--set`` takes a dotted path from the root of
+:class:`~medseg.config.schema.RunConfig` (``train.lr=0.01``, ``infer.overlap=0.25``,
+``evaluate.tolerance_mm=2``, ``dataset=path``). Values are parsed with ``yaml.safe_load`` (never
+``eval``), so ``train.lr=0.01`` gives a float and ``model.norm=batch`` a string; pydantic then checks
+the type and rejects unknown keys, listing the valid ones.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from medseg.errors import ConfigError
 
+if TYPE_CHECKING:
+    from medseg.config.schema import RunConfig
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+#: Names of the file a run folder keeps its resolved config in.
+RUN_CONFIG_FILE = "config.yaml"
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
@@ -57,13 +57,19 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of sections; a run folder stands for its ``config.yaml``."""
     path = Path(path)
+    if path.is_dir() and (path / RUN_CONFIG_FILE).is_file():
+        path = path / RUN_CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"{path}: config file does not exist")
+        raise ConfigError(f"{path}: config file does not exist" if not path.exists() else f"{path}: is a folder, not a YAML config file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected a YAML config)") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        problem = " ".join(str(error).split())
+        raise ConfigError(f"{path}: not valid YAML ({problem})") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
@@ -79,7 +85,16 @@ def build(model: type[ModelT], data: dict[str, Any], source: str = "config") -> 
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = f"unknown key; valid keys here: {', '.join(_valid_keys(model, first['loc'][:-1]))}"
+            message += _section_hint(model, first["loc"])
         raise ConfigError(f"{source}: {where}: {message}") from error
+
+
+def _section_hint(model: type[BaseModel], location: tuple) -> str:
+    """For a bare key at the root that belongs to a section: ``(did you mean evaluate.tolerance_mm?)``."""
+    if len(location) != 1:
+        return ""
+    owners = [name for name, field in model.model_fields.items() if location[0] in getattr(field.annotation, "model_fields", {})]
+    return f" (did you mean {' or '.join(f'{owner}.{location[0]}' for owner in owners)}?)" if owners else ""
 
 
 def _valid_keys(model: type[BaseModel], location: tuple) -> list[str]:
@@ -92,18 +107,25 @@ def _valid_keys(model: type[BaseModel], location: tuple) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
-def load(model: type[ModelT], path: str | Path | None = None, overrides: list[str] | None = None) -> ModelT:
-    """Defaults <- YAML file <- ``--set`` overrides, validated into ``model``."""
-    data = read_yaml(path) if path else {}
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The one loader: defaults <- ``base`` (e.g. a run's saved config) <- YAML file <- ``--set`` overrides.
+
+    ``path`` may be any medseg config file or a run folder (its ``config.yaml``).
+    """
+    from medseg.config.schema import RunConfig
+
+    data = deep_merge(base or {}, read_yaml(path) if path else {})
     data = deep_merge(data, parse_overrides(overrides))
-    return build(model, data, source=str(path) if path else "--set")
+    return build(RunConfig, data, source=str(path) if path else "--set")
 
 
 def save_resolved(config: BaseModel, path: str | Path) -> Path:
     """Write the fully resolved config (every default spelled out) for later commands to read."""
-    from medseg.io.atomic import atomic_path
+    from medseg.io.atomic import write_text
 
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        temporary.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return path
+    return write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

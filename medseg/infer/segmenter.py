@@ -1,0 +1,208 @@
+"""One case through a trained model: read -> preprocess exactly as in training -> sliding window ->
+probabilities back to the raw grid -> argmax -> postprocess.
+
+Preprocessing is :func:`medseg.data.preprocess.preprocess_volume` with the plan and configuration
+stored in the checkpoint (normalisation statistics included), never statistics recomputed from the
+input, so a case is seen exactly as the cached training cases were.
+
+Python use (notebooks)::
+
+    from medseg.infer import Segmenter
+    segmenter = Segmenter("runs/liver/3d_lowres/fold_0")     # settings: the run's own infer: section
+    prediction = segmenter.predict(read_volume("ct.nii.gz"))  # .labels on the input grid
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from medseg import __version__
+from medseg.data.preprocess import preprocess_volume, restore_labels, split_channels
+from medseg.errors import InputError
+from medseg.infer.compiled import CompiledNetwork, should_compile
+from medseg.infer.config import InferConfig
+from medseg.infer.inputs import CaseSource, read_case
+from medseg.infer.model import LoadedModel, load_model
+from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, resolve_rules
+from medseg.infer.predictor import WindowSpec, count_windows, default_sw_batch_size, mirror_sets, predict_probabilities, stitch_device
+from medseg.io.volume import Volume
+from medseg.runtime import resolve_runtime, runtime_scope
+from medseg.schema.case import CaseProperties
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedCase:
+    """A case read and preprocessed; ``reference`` keeps the input grid (not its voxels) for writing."""
+
+    name: str
+    reference: Volume
+    image: np.ndarray  # (C, X, Y, Z) float32 on the preprocessed grid
+    properties: CaseProperties
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CasePrediction:
+    name: str
+    labels: np.ndarray  # on the input grid, postprocessed
+    reference: Volume
+    statistics: dict[str, dict[str, Any]]
+    removed: dict[int, int]
+    probabilities: np.ndarray | None
+    timings: dict[str, float]
+    preprocessed_shape: list[int]
+
+
+def grid_only(volume: Volume) -> Volume:
+    """The volume's grid and metadata with a zero-cost placeholder array, so the voxels can be freed."""
+    return Volume(np.broadcast_to(np.zeros((), dtype=np.uint8), volume.shape), volume.affine, volume.role, dict(volume.meta))
+
+
+def saved_infer_config(model: LoadedModel) -> InferConfig:
+    """The ``infer:`` section the model was trained with (its run's config), or the defaults."""
+    section = (model.config or {}).get("infer") or {}
+    try:
+        return InferConfig.model_validate(section)
+    except ValidationError:
+        log.warning("the model's saved infer settings are not valid for this medseg; using the defaults")
+        return InferConfig()
+
+
+class Segmenter:
+    """A loaded model plus resolved settings; predicts any number of cases with one load."""
+
+    def __init__(self, model: str | Path | LoadedModel, config: InferConfig | None = None):
+        loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        self.config = config or saved_infer_config(loaded)
+        self.runtime = resolve_runtime(self.config.device, self.config.amp, self.config.threads)
+        self.model = loaded.to(self.runtime.device)
+        tta = self.config.tta if self.config.tta is not None else self.runtime.cuda
+        mirrors = mirror_sets(self.config.tta_axes, self.model.spatial_dims, tta)
+        sw_batch = self.config.sw_batch_size or default_sw_batch_size(self.runtime.device, self.model.patch_size)
+        self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis)
+        self.rules = resolve_rules(self.config, self.model.labels)
+        self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
+        self.expected_cases = 1  # infer() sets the batch size; it decides whether compiling pays
+        self._compute_model: LoadedModel | None = None
+
+    @property
+    def tta(self) -> bool:
+        return len(self.spec.mirrors) > 1
+
+    def windows(self, preprocessed_shape: Sequence[int]) -> int:
+        return count_windows(tuple(preprocessed_shape), self.model.patch_size, self.config.overlap, self.model.configuration.slice_axis)
+
+    def compute_model(self, preprocessed_shape: Sequence[int]) -> LoadedModel:
+        """The model windows run through: compiled (``infer.compile``) or as loaded. Decided once."""
+        if self._compute_model is None:
+            passes = len(self.spec.mirrors) * len(self.model.networks) * self.expected_cases
+            equivalents = self.windows(preprocessed_shape) * passes * math.prod(self.model.patch_size) / 96**3
+            self._compute_model = self.model
+            # Every fold network is compiled on its own: the threshold grows with their number.
+            threshold = self.config.compile_min_windows * len(self.model.networks)
+            if should_compile(self.config.compile, self.runtime.device, equivalents, threshold):
+                log.info("compiling: about %.0f window(s) of 96^3 ahead (infer.compile=%s)", equivalents, self.config.compile)
+                networks = [CompiledNetwork(network, self.spec.sw_batch_size) for network in self.model.networks]
+                self._compute_model = replace(self.model, networks=networks)
+        return self._compute_model
+
+    @property
+    def compiled(self) -> bool:
+        """True when windows run through a compiled network (decided, and compiling did not fail)."""
+        networks = self._compute_model.networks if self._compute_model is not None else []
+        return any(isinstance(network, CompiledNetwork) and not network.failed for network in networks)
+
+    def warm_up(self) -> None:
+        """Start CUDA and let cuDNN choose its kernels on one window while the first case is read."""
+        if not self.runtime.cuda:
+            return
+        start = time.perf_counter()
+        window = torch.zeros((self.spec.sw_batch_size, self.model.in_channels, *self.model.patch_size), device=self.runtime.device)
+        with runtime_scope(self.runtime), torch.inference_mode(), self.runtime.autocast():
+            for network in self.model.networks:
+                network(window)
+        torch.cuda.synchronize(self.runtime.device)
+        log.debug("CUDA warm-up took %.2f s", time.perf_counter() - start)
+
+    # --- one case -----------------------------------------------------------------------------
+    def read(self, case: CaseSource, series: str | None = None) -> list[Volume]:
+        return read_case(case, self.model.in_channels, self.model.spatial_dims, series)
+
+    def prepare(self, volumes: Volume | Sequence[Volume], name: str = "case") -> PreparedCase:
+        """Preprocess like training (plan, configuration grid and normalisation from the checkpoint)."""
+        channels = split_channels(volumes)
+        source = channels[0].meta.get("source", name)
+        if len(channels) != self.model.in_channels:
+            raise InputError(source, f"has {len(channels)} channel(s); the model takes {self.model.in_channels}")
+        if self.model.spatial_dims == 3 and min(channels[0].shape) == 1:
+            raise InputError(source, f"is a 2D image (shape {channels[0].shape}); this model is 3D")
+        start = time.perf_counter()
+        reference = grid_only(channels[0])
+        case = preprocess_volume(channels, self.model.plan, self.model.configuration, case_id=name)
+        return PreparedCase(name, reference, case.image, case.properties, {"preprocess": time.perf_counter() - start})
+
+    def predict_prepared(self, prepared: PreparedCase, on_windows: Callable[[int], None] | None = None) -> CasePrediction:
+        """Sliding window, back to the input grid, argmax, postprocessing and per-label statistics.
+
+        Consumes ``prepared.image`` (freed once the windows are done, to keep peak memory down).
+        """
+        with runtime_scope(self.runtime):
+            return self._predict_prepared(prepared, on_windows)
+
+    def _predict_prepared(self, prepared: PreparedCase, on_windows: Callable[[int], None] | None) -> CasePrediction:
+        timings = dict(prepared.timings)
+        start = time.perf_counter()
+        model = self.compute_model(prepared.image.shape[1:])
+        shape = list(prepared.image.shape[1:])
+        target = stitch_device(self.config.stitch_device, self.runtime, model.num_classes, tuple(shape), self.config.stitch_gpu_fraction)
+        probabilities = predict_probabilities(model.networks, prepared.image, self.spec, self.runtime, target, model.num_classes, on_windows)
+        prepared.image = np.empty((0,), dtype=np.float32)  # the preprocessed image is no longer needed
+        if self.runtime.cuda:
+            torch.cuda.synchronize(self.runtime.device)
+        timings["predict"] = time.perf_counter() - start
+        start = time.perf_counter()
+        labels, raw_probabilities = restore_labels(probabilities, prepared.properties.geometry, compute_device=self.runtime.device,
+                                                   chunk_mb=self.config.restore_chunk_mb, keep_probabilities=self.config.save_probabilities)
+        del probabilities
+        timings["restore"] = time.perf_counter() - start
+        start = time.perf_counter()
+        spacing = prepared.reference.spacing
+        removed = postprocess(labels, self.rules, spacing, self.config.connectivity)
+        statistics = label_statistics(labels, self.model.labels, spacing, self.lesion_labels, self.config.connectivity)
+        timings["postprocess"] = time.perf_counter() - start
+        return CasePrediction(prepared.name, labels, prepared.reference, statistics, removed, raw_probabilities, timings, shape)
+
+    def predict(self, volumes: Volume | Sequence[Volume], name: str = "case") -> CasePrediction:
+        """Everything but the files: for notebooks and tests."""
+        return self.predict_prepared(self.prepare(volumes, name))
+
+    def sidecar(self, prediction: CasePrediction) -> dict[str, Any]:
+        reference = prediction.reference
+        return {
+            "case": prediction.name,
+            "medseg_version": __version__,
+            "model": self.model.model_id(),
+            "settings": {**self.runtime.describe(), "sw_batch_size": self.spec.sw_batch_size, "tta": self.tta, "compiled": self.compiled,
+                         "overlap": self.config.overlap, "blending": "gaussian", "tta_passes": len(self.spec.mirrors),
+                         "folds": len(self.model.networks),
+                         "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}},
+            "input": {"format": reference.meta.get("format"), "shape": list(reference.shape),
+                      "spacing_mm": [round(float(s), 6) for s in reference.spacing], "orientation": reference.orientation,
+                      "channels": self.model.in_channels, "preprocessed_shape": prediction.preprocessed_shape},
+            "warnings": list(reference.meta.get("warnings", [])),
+            "labels": prediction.statistics,
+            "postprocess_removed_voxels": {self.model.labels[k]: v for k, v in prediction.removed.items()},
+            "runtime_s": {key: round(value, 3) for key, value in prediction.timings.items()},
+        }

@@ -1,0 +1,280 @@
+"""The plan as typed objects: :class:`Plan`, its network :class:`Configuration` s and its :class:`Preprocessing`.
+
+``plans.json`` on disk is the boundary (nnU-Net's plans file); code asks the objects
+(``configuration.patch_size``, ``plan.preprocessing_identity(configuration)``), never nested dict
+keys. Plans of format 1 (medseg 0.1) load unchanged: each configuration's grid then is the plan's
+target spacing, as it always was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from medseg.errors import ConfigError
+from medseg.schema.records import Record, read_record, write_record
+
+PLAN_VERSION = 2
+#: Version of the cached arrays' layout; part of every preprocessing identity, so a change rebuilds caches.
+CACHE_VERSION = 3  # 3: typed case properties (geometry nested), per-configuration target spacing
+
+NormalizationName = Literal["ct", "zscore", "none", "rescale"]
+
+
+class ChannelInfo(Record):
+    index: int
+    name: str
+    modality: str
+
+
+class ChannelNormalization(Record):
+    """How one input channel is normalised (CT: dataset statistics; others: per image)."""
+
+    channel: int
+    name: str
+    modality: str
+    scheme: NormalizationName
+    clip: list[float] | None = None
+    mean: float | None = None
+    std: float | None = None
+    use_nonzero_mask: bool | None = None
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _ct_has_statistics(self) -> ChannelNormalization:
+        if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
+            raise ValueError("a 'ct' normalization needs clip, mean and std")
+        return self
+
+
+class Resampling(Record):
+    image_order: Literal[0, 1, 3] = 3
+    label: Literal["nearest", "per_class_linear"] = "per_class_linear"
+    separate_axis_ratio: float = Field(3.0, gt=1)
+    out_of_plane_order: Literal[0, 1] = 0
+
+
+class Preprocessing(Record):
+    """Every choice that changes the cached arrays, except the grid (each configuration has its own)."""
+
+    orientation: Literal["RAS"] = "RAS"
+    crop: str = "bounding box of voxels nonzero in any channel or labelled"
+    target_spacing: list[float] = Field(min_length=3, max_length=3)
+    num_channels: int = Field(ge=1)
+    labels: list[int]
+    normalization: list[ChannelNormalization]
+    resampling: Resampling = Field(default_factory=Resampling)
+    class_locations_per_class: int = Field(2000, ge=1)
+    seed: int = 0
+    ignore_label: int | None = Field(None, description="label value that marks unannotated voxels (nnU-Net v2 'ignore')")
+
+    @model_validator(mode="after")
+    def _one_scheme_per_channel(self) -> Preprocessing:
+        if len(self.normalization) != self.num_channels:
+            raise ValueError(f"normalization lists {len(self.normalization)} channel(s), num_channels is {self.num_channels}")
+        return self
+
+    def identity_payload(self, target_spacing: list[float]) -> dict[str, Any]:
+        """What the cache identity covers: these settings on that grid (reasons are prose, not settings)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["target_spacing"] = [float(s) for s in target_spacing]
+        for entry in data["normalization"]:
+            entry.pop("reason", None)
+        return data
+
+
+class DeviceProfile(Record):
+    """The machine a plan was sized for: patch and batch follow its memory, the CPU plan its speed."""
+
+    kind: Literal["cpu", "cuda"]
+    name: str = ""
+    memory_gb: float = Field(gt=0, description="GPU memory (cuda) or RAM (cpu) the plan may use")
+    cores: int = Field(1, ge=1)
+    source: str = Field("detected", description="detected on this machine, a preset, or set in the config")
+
+
+class Configuration(Record):
+    """One trainable network configuration: patch, batch, grid and topology, each with its reason."""
+
+    name: str = ""
+    patch_size: list[int]
+    batch_size: int = Field(ge=1)
+    spacing: list[float] = Field(description="spacing of the network's axes (the in-plane axes in 2D)")
+    target_spacing: list[float] | None = Field(None, description="3D grid of the cache this configuration trains on; None = the plan's")
+    n_stages: int | None = None
+    features_per_stage: list[int] | None = None
+    kernel_sizes: list[list[int]] | None = None
+    strides: list[list[int]] | None = None
+    estimated_memory_gb: float | None = None
+    patch_reason: str = ""
+    batch_reason: str = ""
+    spacing_reason: str = ""
+    slice_axis: int | None = Field(None, ge=0, le=2, description="2D only: the RAS array axis the slices are taken across")
+    plane_axes: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Configuration:
+        dims = len(self.patch_size)
+        if dims not in (2, 3) or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size {self.patch_size} must be 2 or 3 positive sizes")
+        if len(self.spacing) != dims:
+            raise ValueError(f"spacing {self.spacing} must have {dims} values like patch_size")
+        if dims == 2 and self.slice_axis is None:
+            raise ValueError("a 2D configuration needs slice_axis")
+        if dims == 3 and self.slice_axis is not None:
+            raise ValueError("slice_axis is for 2D configurations only")
+        if dims == 2:
+            expected = [a for a in range(3) if a != self.slice_axis]
+            if self.plane_axes is not None and list(self.plane_axes) != expected:
+                raise ValueError(f"plane_axes {self.plane_axes} do not match slice_axis {self.slice_axis} (expected {expected})")
+            self.plane_axes = expected
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.spatial_dims == 2
+
+    @property
+    def patch(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.patch_size)
+
+    def grid_spacing(self) -> list[float]:
+        """The 3D target spacing of this configuration's cache (filled in by :class:`Plan`)."""
+        if self.target_spacing is None:
+            raise ConfigError(f"configuration {self.name!r} has no target spacing; load it through its Plan")
+        return list(self.target_spacing)
+
+    @property
+    def anisotropic(self) -> bool:
+        """Thick slices (one axis > 3x coarser): augmentation then rotates in-plane only, as nnU-Net."""
+        spacing = self.grid_spacing()
+        return bool(max(spacing) / min(spacing) > 3.0)
+
+    def with_overrides(self, patch_size: list[int] | None = None, batch_size: int | None = None) -> Configuration:
+        """A copy with another patch (the network then derives its topology from it) or batch size."""
+        updates: dict[str, Any] = {}
+        if patch_size is not None and list(patch_size) != list(self.patch_size):
+            if len(patch_size) != self.spatial_dims:
+                raise ConfigError(f"train.patch_size {list(patch_size)} must have {self.spatial_dims} sizes for the {self.name} configuration")
+            updates.update(patch_size=[int(s) for s in patch_size], kernel_sizes=None, strides=None, features_per_stage=None,
+                           n_stages=None, estimated_memory_gb=None, patch_reason="set in the config (train.patch_size)")
+        if batch_size is not None and batch_size != self.batch_size:
+            updates.update(batch_size=int(batch_size), batch_reason="set in the config (train.batch_size)")
+        return self.model_copy(update=updates) if updates else self
+
+    def network_plan(self) -> dict[str, Any]:
+        """The keys a model builder reads (see :mod:`medseg.models.topology`); absent ones are derived there."""
+        keys = {"patch_size": self.patch_size, "spacing": self.spacing, "kernel_sizes": self.kernel_sizes,
+                "strides": self.strides, "features_per_stage": self.features_per_stage}
+        return {key: value for key, value in keys.items() if value is not None}
+
+
+class Plan(Record):
+    """A dataset's plan: preprocessing shared by every configuration, and the configurations."""
+
+    plan_version: int = PLAN_VERSION
+    medseg_version: str = ""
+    dataset: str
+    dataset_format: str = "msd"
+    channels: list[ChannelInfo] = Field(default_factory=list)
+    labels: dict[int, str]
+    regions: dict[str, list[int]] = Field(default_factory=dict)
+    regions_class_order: list[int] | None = None
+    canonical_orientation: Literal["RAS"] = "RAS"
+    transpose: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    target_spacing: list[float] = Field(min_length=3, max_length=3)
+    target_spacing_reason: str = ""
+    resampling_note: str = ""
+    preprocessing: Preprocessing
+    planned_for: DeviceProfile | None = None
+    gpu_memory_gb: float | None = Field(None, description="format 1 only: the fixed memory budget the plan was sized for")
+    configurations: dict[str, Configuration]
+    aliases: dict[str, str] = Field(default_factory=dict, description="short names, e.g. '3d' -> the device's default 3D configuration")
+    alias_reasons: dict[str, str] = Field(default_factory=dict)
+    fingerprint_summary: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict, description="the plan.* settings it was made with")
+    preprocessing_hash: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_format_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("plan_version") not in (None, 1, PLAN_VERSION):
+            raise ValueError(f"plan version {data.get('plan_version')} is not supported (this medseg reads 1 and {PLAN_VERSION}); re-run `medseg plan`")
+        return data
+
+    @model_validator(mode="after")
+    def _complete_configurations(self) -> Plan:
+        if not self.configurations:
+            raise ValueError("the plan has no configurations")
+        for name, configuration in self.configurations.items():
+            configuration.name = name
+            if configuration.target_spacing is None:
+                configuration.target_spacing = list(self.target_spacing)
+        for alias, target in self.aliases.items():
+            if target not in self.configurations:
+                raise ValueError(f"alias {alias!r} names {target!r}, which is not a configuration of this plan")
+        self.preprocessing_hash = self.preprocessing_identity(self.default_configuration_name())
+        return self
+
+    # --- questions the pipeline asks ---------------------------------------------------------
+    @property
+    def num_channels(self) -> int:
+        return self.preprocessing.num_channels
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(label for label in self.labels if label > 0)
+
+    def default_configuration_name(self) -> str:
+        return self.resolve("3d") if "3d" in self.names() else next(iter(self.configurations))
+
+    def names(self) -> list[str]:
+        """Every name a configuration answers to (aliases first)."""
+        return [*self.aliases, *self.configurations]
+
+    def resolve(self, name: str) -> str:
+        """``3d`` -> the configuration it stands for in this plan; other names unchanged."""
+        if name in self.configurations:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        if name in ("3d", "3d_fullres") and "3d" in self.configurations:  # format-1 plans
+            return "3d"
+        raise ConfigError(f"configuration {name!r}: the plan has {', '.join(self.names())}")
+
+    def configuration(self, name: str) -> Configuration:
+        """The named configuration (aliases resolved); an unknown name lists the ones the plan has."""
+        return self.configurations[self.resolve(name)]
+
+    def preprocessing_identity(self, configuration: Configuration | str) -> str:
+        """Hash of everything that changes the cached arrays of ``configuration`` (patch and batch do not)."""
+        chosen = self.configuration(configuration) if isinstance(configuration, str) else configuration
+        spacing = chosen.target_spacing or self.target_spacing
+        payload = json.dumps({"cache_version": CACHE_VERSION, "preprocessing": self.preprocessing.identity_payload(spacing)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def cache_name(self, configuration: Configuration | str) -> str:
+        """Folder name of a configuration's cache: configurations on the plan's grid share ``preprocessed``."""
+        chosen = self.configuration(configuration) if isinstance(configuration, str) else configuration
+        spacing = chosen.target_spacing or self.target_spacing
+        if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(spacing, self.target_spacing)):
+            return "preprocessed"
+        return "preprocessed_" + "x".join(f"{s:g}" for s in spacing) + "mm"
+
+
+def read_plan(path: str | Path) -> Plan:
+    """A plan file, validated; the error names the file and the field."""
+    return read_record(Plan, path)
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    return write_record(plan, path)
