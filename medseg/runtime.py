@@ -31,6 +31,7 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     threads: int
     cudnn_benchmark: bool = False
+    deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS): exact resume on a GPU, at some speed
 
     @property
     def cuda(self) -> bool:
@@ -87,11 +88,12 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_runtime(device: str = "auto", amp: str = "auto", threads: int | None = None, *, local_rank: int = 0,
-                    world_size: int = 1, training: bool = False) -> Runtime:
+                    world_size: int = 1, training: bool = False, deterministic: bool = False) -> Runtime:
     """Config strings -> a Runtime; CPU threads default to this process's share of the cores."""
     chosen = resolve_device(device, local_rank, "train.device" if training else "infer.device")
     count = threads or max(1, available_cores() // max(world_size, 1))
-    return Runtime(chosen, resolve_amp(amp, chosen), count, cudnn_benchmark=chosen.type == "cuda")
+    return Runtime(chosen, resolve_amp(amp, chosen), count, cudnn_benchmark=chosen.type == "cuda" and not deterministic,
+                   deterministic=deterministic)
 
 
 def capture_global_rng() -> dict[str, object]:
@@ -119,12 +121,18 @@ def seed_everything(seed: int) -> None:
 def runtime_scope(runtime: Runtime, seed: int | None = None) -> Iterator[Runtime]:
     """Apply ``runtime`` (and ``seed``) inside the block; restore threads, cudnn, CUDA device and RNG after it."""
     threads = torch.get_num_threads()
-    benchmark = torch.backends.cudnn.benchmark
+    benchmark, cudnn_deterministic = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    algorithms = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     cuda_device = torch.cuda.current_device() if runtime.cuda else None
     rng = capture_global_rng() if seed is not None else None
     try:
         torch.set_num_threads(runtime.threads)
         torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
+        if runtime.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
         if runtime.cuda:
             torch.cuda.set_device(runtime.device)
         if seed is not None:
@@ -132,7 +140,10 @@ def runtime_scope(runtime: Runtime, seed: int | None = None) -> Iterator[Runtime
         yield runtime
     finally:
         torch.set_num_threads(threads)
-        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, cudnn_deterministic
+        torch.use_deterministic_algorithms(algorithms[0], warn_only=algorithms[1])
+        if runtime.deterministic and cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         if cuda_device is not None:
             torch.cuda.set_device(cuda_device)
         if rng is not None:

@@ -40,6 +40,7 @@ class TrainConfig(Section):
     num_workers: int | None = Field(None, ge=0, description="data loader processes; None = derived from the cores (CUDA: cores-1 up to 12; CPU: a quarter of the cores)")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None = this process's share of the cores, minus loader workers")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    deterministic: bool = Field(False, description="deterministic GPU kernels (cuDNN/cuBLAS): a resumed run equals an uninterrupted one bit for bit on CUDA too, somewhat slower")
     seed: int = 0
     val_every: int = Field(5, ge=1, description="epochs between full-volume validations (on at most val_max_cases cases)")
     val_max_cases: int | None = Field(8, ge=1, description="full-volume validation during training uses at most this many cases; the final one uses every case")

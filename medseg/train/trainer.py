@@ -93,7 +93,8 @@ class Trainer:
         cores = max(1, available_cores() // max(self.dist.world_size, 1))
         self.workers = train.num_workers if train.num_workers is not None else default_workers(device, cores)
         threads = train.threads or max(1, cores - (self.workers if device.type == "cpu" else 0))  # loader workers own their cores
-        self.runtime: Runtime = resolve_runtime(str(device), train.amp, threads, local_rank=self.dist.local_rank, training=True)
+        self.runtime: Runtime = resolve_runtime(str(device), train.amp, threads, local_rank=self.dist.local_rank, training=True,
+                                                deterministic=train.deterministic)
         self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=len(self.labels), configuration=self.configuration)
         self.counters = Counters()
         self.step: TrainStep | None = None

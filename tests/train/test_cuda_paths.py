@@ -1,0 +1,97 @@
+"""CPU tests for the CUDA code paths that used to crash, or would leave global state or a GPU idle.
+
+Each would have caught a real defect: RNG states moved to the GPU by ``map_location``, CPU tensors
+all-reduced over NCCL, a host sync (``.item()``) on every step, and global torch state left behind.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.runtime import resolve_runtime, runtime_scope
+from medseg.train import distributed
+from medseg.train.checkpoint import capture_rng_state, restore_rng_state
+from medseg.train.step import TrainStep, make_optimizer
+
+
+def test_rng_state_restores_whatever_device_or_dtype_it_was_loaded_as():
+    """``torch.load(map_location=cuda)`` turned the CPU ByteTensor into a CUDA tensor and set_rng_state failed."""
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    state = capture_rng_state(torch.device("cpu"))
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    moved = dict(state, torch=state["torch"].to(torch.int64))  # not a uint8 CPU tensor any more
+    restore_rng_state(moved)
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    torch.testing.assert_close(got[2], expected[2])
+
+
+def test_format_1_cuda_rng_lists_are_accepted():
+    state = capture_rng_state(torch.device("cpu"))
+    restore_rng_state(dict(state, cuda=[torch.zeros(16, dtype=torch.uint8)]))  # no CUDA here: ignored, no crash
+
+
+def test_collectives_use_the_process_group_device():
+    """NCCL refuses CPU tensors: every collective tensor must live on the group's device."""
+    context = distributed.DistContext(rank=0, world_size=2, device=torch.device("meta"), joined=True)
+    assert distributed.collective_tensor([1.0], context).device.type == "meta"
+    assert distributed.DistContext().device.type == "cpu"
+    assert distributed.backend_for("cuda") == "nccl" and distributed.backend_for("cpu") == "gloo"
+
+
+def test_a_training_step_never_syncs_with_the_host(monkeypatch):
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1))
+    runtime = resolve_runtime("cpu", "off", 1)
+    step = TrainStep(network, network, torch.nn.CrossEntropyLoss(), make_optimizer(network, "sgd", 0.01, 0.9, True, 0.0, fused=False),
+                     torch.amp.GradScaler("cuda", enabled=False), runtime, grad_clip=12.0)
+    calls = []
+    original_item, original_tolist = torch.Tensor.item, torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append("item") or original_item(self))
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: calls.append("tolist") or original_tolist(self))
+    batch = {"image": torch.randn(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 8, 8, 8), dtype=torch.uint8)}
+    for _ in range(5):
+        loss = step(batch, 0.01)
+    assert calls == [], f"host syncs inside the step: {calls}"
+    assert loss.requires_grad is False and loss.device.type == "cpu"
+    values = step.losses_since_sync(5)
+    assert len(values) == 5 and calls.count("tolist") == 1, "one transfer for all pending losses"
+
+
+def test_non_finite_loss_is_reported_at_the_next_sync():
+    network = torch.nn.Linear(2, 2)
+    runtime = resolve_runtime("cpu", "off", 1)
+    step = TrainStep(network, network, lambda output, label: output.sum() * float("nan"), make_optimizer(network, "adamw", 0.01, 0.9, True, 0.0, False),
+                     torch.amp.GradScaler("cuda", enabled=False), runtime)
+    step({"image": torch.randn(1, 2), "label": torch.zeros(1, dtype=torch.uint8)}, 0.01)
+    with pytest.raises(FloatingPointError, match="nan"):
+        step.losses_since_sync(1)
+
+
+def test_runtime_scope_restores_threads_cudnn_and_rng():
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    runtime = resolve_runtime("cpu", "off", threads=1).__class__(torch.device("cpu"), None, 1, cudnn_benchmark=not benchmark)
+    with runtime_scope(runtime, seed=7):
+        assert torch.get_num_threads() == 1 and torch.backends.cudnn.benchmark is (not benchmark)
+        torch.rand(10)
+    assert torch.get_num_threads() == threads and torch.backends.cudnn.benchmark is benchmark
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_amp_resolution():
+    from medseg.errors import ConfigError
+    from medseg.runtime import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None and resolve_amp("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ConfigError, match="choose one of"):
+        resolve_amp("fp8", cpu)
