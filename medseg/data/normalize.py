@@ -26,25 +26,38 @@ def needs_nonzero_mask(schemes: Sequence[ChannelNormalization]) -> bool:
     return any(scheme.scheme == "zscore" and scheme.use_nonzero_mask for scheme in schemes)
 
 
-def _zscore(data: np.ndarray, mean: float, std: float) -> None:
+def _zscore(data, mean: float, std: float) -> None:
     data -= mean
     data /= max(std, 1e-8)
 
 
-def normalize(image: np.ndarray, schemes: Sequence[ChannelNormalization], mask: np.ndarray | None = None) -> tuple[np.ndarray, list[ChannelNormalizationUsed]]:
-    """Normalize each channel of ``(C, ...)`` in place as its scheme says; return the values used."""
+def _clip_(data, low: float, high: float) -> None:
+    if isinstance(data, np.ndarray):
+        np.clip(data, low, high, out=data)
+    else:  # a torch tensor (inference preprocesses on the GPU)
+        data.clamp_(low, high)
+
+
+def _mean_std(values) -> tuple[float, float]:
+    """Mean and population standard deviation, the same arithmetic for numpy arrays and torch tensors."""
+    mean = float(values.mean())
+    return mean, float(((values - mean) ** 2).mean()) ** 0.5
+
+
+def normalize(image, schemes: Sequence[ChannelNormalization], mask=None) -> tuple[np.ndarray, list[ChannelNormalizationUsed]]:
+    """Normalize each channel of ``(C, ...)`` (a numpy array or a torch tensor) in place; return the values used."""
     used = []
     for channel, scheme in enumerate(schemes):
         data = image[channel]
         if scheme.scheme == "ct":
             lo, hi = scheme.clip  # type: ignore[misc]
-            np.clip(data, lo, hi, out=data)
+            _clip_(data, lo, hi)
             _zscore(data, float(scheme.mean), float(scheme.std))  # type: ignore[arg-type]
             used.append(ChannelNormalizationUsed(scheme="ct", mean=scheme.mean, std=scheme.std, clip=[lo, hi]))
         elif scheme.scheme == "zscore":
             region = mask if scheme.use_nonzero_mask and mask is not None and mask.any() else None
             values = data[region] if region is not None else data
-            mean, std = float(values.mean()), float(values.std())
+            mean, std = _mean_std(values)
             _zscore(data, mean, std)
             if region is not None:
                 data[~region] = 0

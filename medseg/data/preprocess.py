@@ -35,7 +35,16 @@ import numpy as np
 from nibabel.orientations import apply_orientation
 
 from medseg.data.normalize import needs_nonzero_mask, nonzero_mask, normalize
-from medseg.data.resample import axis_sampling, label_kind, new_shape_for_spacing, resample_3d, resample_channels, resampled_affine, separate_axis
+from medseg.data.resample import (
+    axis_sampling,
+    label_kind,
+    new_shape_for_spacing,
+    resample_3d,
+    resample_channels,
+    resample_image_torch,
+    resampled_affine,
+    separate_axis,
+)
 from medseg.errors import InputError
 from medseg.io.geometry import corner_points, orientation_code, reoriented_grid
 from medseg.io.volume import Volume, label_dtype
@@ -70,7 +79,7 @@ class CanonicalCase:
 
 @dataclass
 class PreprocessedCase:
-    image: np.ndarray  # (C, X, Y, Z) float32
+    image: np.ndarray  # (C, X, Y, Z) float32 (a torch tensor when preprocessed on a device)
     seg: np.ndarray | None  # (X, Y, Z) uint8/uint16
     properties: CaseProperties
 
@@ -196,11 +205,14 @@ def preprocess_volume(
     configuration: Configuration | str | None = None,
     label: Volume | None = None,
     case_id: str = "case",
+    device: torch.device | None = None,  # noqa: F821
 ) -> PreprocessedCase:
     """Reorient, crop, normalize and resample one case onto ``configuration``'s grid (default: the plan's).
 
     ``label`` is optional (inference). Every choice that changes the result is read from the
-    plan, so a cached case and a case preprocessed at inference time always agree.
+    plan, so a cached case and a case preprocessed at inference time always agree. With a torch
+    ``device`` (inference on a GPU) normalisation and resampling run there and ``image`` is a tensor
+    on it; reorientation and cropping (views and one copy) stay on the CPU.
     """
     settings = plan.preprocessing
     if configuration is None:
@@ -220,14 +232,22 @@ def preprocess_volume(
     cropped_affine = case.affine.copy()
     cropped_affine[:3, 3] = case.affine[:3, :3] @ np.array([lo for lo, _ in bbox], dtype=float) + case.affine[:3, 3]
     mask = nonzero_mask(image) if needs_nonzero_mask(settings.normalization) else None
+    if device is not None and seg is None:
+        import torch
+
+        image = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        mask = None if mask is None else torch.from_numpy(mask).to(device)
     image, used = normalize(image, settings.normalization, mask)
 
     spacing = case.spacing
-    cropped_shape = image.shape[1:]
+    cropped_shape = tuple(int(n) for n in image.shape[1:])
     new_shape = new_shape_for_spacing(cropped_shape, spacing, target)
     resampling = settings.resampling
     axis = separate_axis(spacing, target, resampling.separate_axis_ratio)
-    image = resample_channels(image, new_shape, "image", axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
+    if isinstance(image, np.ndarray):
+        image = resample_channels(image, new_shape, "image", axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
+    else:
+        image = resample_image_torch(image, new_shape, axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
     class_locations: dict[int, list[list[int]]] = {}
     if seg is not None:
         seg = resample_label(seg, new_shape, resampling.label, axis, settings.ignore_label)

@@ -48,7 +48,7 @@ class PreparedCase:
 
     name: str
     reference: Volume
-    image: np.ndarray  # (C, X, Y, Z) float32 on the preprocessed grid
+    image: np.ndarray | torch.Tensor  # (C, X, Y, Z) float32 on the preprocessed grid (a tensor on the GPU when inference runs there)
     properties: CaseProperties
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -150,7 +150,8 @@ class Segmenter:
             raise InputError(source, f"is a 2D image (shape {channels[0].shape}); this model is 3D")
         start = time.perf_counter()
         reference = grid_only(channels[0])
-        case = preprocess_volume(channels, self.model.plan, self.model.configuration, case_id=name)
+        device = self.runtime.device if self.runtime.cuda else None  # normalise and resample where the windows run
+        case = preprocess_volume(channels, self.model.plan, self.model.configuration, case_id=name, device=device)
         return PreparedCase(name, reference, case.image, case.properties, {"preprocess": time.perf_counter() - start})
 
     def predict_prepared(self, prepared: PreparedCase, on_windows: Callable[[int], None] | None = None) -> CasePrediction:

@@ -71,3 +71,16 @@ def test_label_maps_restore_by_nearest_and_equal_the_reference(orientation, spac
     assert restored.shape == volume.shape and restored.dtype == np.uint16
     np.testing.assert_array_equal(restored, invert_to_raw(ids, geometry, "label_nearest"))
     assert set(np.unique(restored)) <= set(np.unique(ids)) | {0}
+
+
+@pytest.mark.parametrize("orientation, spacing, target, order", [("LPS", (1.0, 1.0, 4.0), [1.5, 1.5, 1.5], 3), ("PSR", (0.8, 0.8, 1.5), [2.0, 1.0, 0.7], 1)])
+def test_device_preprocessing_equals_the_numpy_path(orientation, spacing, target, order, rng):
+    """Inference on a GPU normalises and resamples there; the torch path (run here on the CPU) gives the same image."""
+    plan = _plan(target)
+    plan.preprocessing.resampling.image_order = order
+    array = rng.normal(size=(30, 36, 12)).astype(np.float32) * 50 + 60
+    volume = Volume(array, np.diag([*spacing, 1.0])).reoriented(orientation)
+    reference = preprocess_volume(volume, plan)
+    on_device = preprocess_volume(volume, plan, device=torch.device("cpu"))
+    assert isinstance(on_device.image, torch.Tensor) and on_device.geometry == reference.geometry
+    np.testing.assert_allclose(on_device.image.numpy(), reference.image, atol=2e-5, rtol=1e-5)
