@@ -32,7 +32,7 @@ from medseg import __version__
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom import select_series
-from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, plane_geometry, single_slice_step, spacing_tolerance
+from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, _position, plane_geometry, single_slice_step, spacing_tolerance
 from medseg.io.geometry import affine_from_lps, corner_points, orientation_code, spacing_from_affine, voxel_to_world
 from medseg.io.segment_codes import SegmentCoding, code_for_label
 from medseg.io.volume import Volume
@@ -138,7 +138,8 @@ def _read_headers(paths: list[Path]) -> list[pydicom.Dataset]:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as error:  # pydicom raises many types for damaged files
-            raise InputError(path, f"not a readable DICOM file ({str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__})") from error
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            raise InputError(path, f"not a readable DICOM file ({detail})") from error
         if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "SharedFunctionalGroupsSequence" in ds:
             raise InputError(path, "multi-frame/enhanced source images are not supported for DICOM-SEG output (classic single-frame series only)")
         _patch_instance_uids(ds, path)
@@ -156,9 +157,7 @@ def load_reference_series(folder: str | Path, series: str | int | None = None) -
         raise InputError(folder, "Siemens mosaic series are not supported for DICOM-SEG output (one file holds many slices)")
     datasets = _read_headers(info.files)
     row, column, normal, pixel_spacing = plane_geometry(datasets[0], info.files[0])
-    positions = np.asarray([[float(v) for v in ds.get("ImagePositionPatient", [])] or [np.nan] * 3 for ds in datasets])
-    if not np.isfinite(positions).all():
-        raise InputError(folder, "a slice has no valid ImagePositionPatient: cannot place the SEG frames")
+    positions = np.stack([_position(ds, path) for ds, path in zip(datasets, info.files)])
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     datasets, positions, along = [datasets[i] for i in order], positions[order], along[order]
@@ -180,7 +179,8 @@ def _check_frames(datasets, positions, origin, step_vector, orientation, folder:
     for k, ds in enumerate(datasets):
         if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns):
             raise InputError(folder, f"slices differ in size ({ds.Rows}x{ds.Columns} vs {datasets[0].Rows}x{datasets[0].Columns}): not one volume")
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], [float(v) for v in orientation], atol=1e-4):
+        if len(ds.get("ImageOrientationPatient") or []) != 6 or not np.allclose(
+                [float(v) for v in ds.ImageOrientationPatient], [float(v) for v in orientation], atol=1e-4):
             raise InputError(folder, "slices differ in ImageOrientationPatient: not one volume")
         if off[k] > tolerance:
             raise InputError(folder, f"slice {k} lies {off[k]:.3g} mm off a regular grid (gantry tilt or uneven spacing): "

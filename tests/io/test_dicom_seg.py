@@ -194,3 +194,15 @@ def test_real_ct_series_seg_equals_its_nifti_mask(shared_file, tmp_path, caplog)
     liver = next(n for n in seg.segment_numbers if seg.get_segment_description(n).SegmentLabel == "liver")
     assert seg.get_segment_description(liver).SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == digests
+
+
+def test_series_is_picked_from_a_folder_holding_several(tmp_path, rng):
+    first = Volume(np.zeros((8, 6, 4), np.int16), oblique_affine())
+    second = Volume(np.zeros((10, 7, 5), np.int16), oblique_affine(spacing=(1.0, 1.0, 2.0)))
+    write_dicom_series(first, tmp_path / "study" / "a", series_number=1)
+    files = write_dicom_series(second, tmp_path / "study" / "b", series_number=2)
+    mask = second.with_array(blob_mask(rng, second.shape), role="label")
+    with pytest.raises(InputError, match="2 series found"):
+        write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm")
+    write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm", series=1)
+    assert_frames_reference_their_slices(assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS), files)
