@@ -148,3 +148,8 @@ def runtime_scope(runtime: Runtime, seed: int | None = None) -> Iterator[Runtime
             torch.cuda.set_device(cuda_device)
         if rng is not None:
             restore_global_rng(rng)
+
+
+def threads_scope(count: int) -> contextlib.AbstractContextManager:
+    """Use ``count`` CPU threads inside the block, the caller's setting after it."""
+    return runtime_scope(Runtime(torch.device("cpu"), None, count))

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "medseg.cli.report_cmd",
     "medseg.cli.bench_cmd",
     "medseg.cli.demo_cmd",
+    "medseg.cli.export_cmd",
 )
 
 app = typer.Typer(

@@ -150,6 +150,16 @@ def _select(series: list[SeriesInfo], choice: str | int | None, folder: Path) ->
     raise InputError(folder, f"no series matches '{text}': use an index 0-{len(series) - 1} or a UID: {_choices(series)}")
 
 
+def select_series(folder: str | Path, series: str | int | None = None) -> SeriesInfo:
+    """The one series of ``folder`` that ``series`` (UID or 0-based index; None when there is one) picks."""
+    folder = Path(folder)
+    found, skipped = _scan(folder)
+    if not found:
+        seen = ", ".join(f"{count} {why}" for why, count in skipped.items() if count)
+        raise InputError(folder, f"no DICOM image series found ({seen or 'folder is empty'})")
+    return _select(found, series, folder)
+
+
 def _read_full(path: Path) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path)
@@ -194,11 +204,7 @@ def read_dicom_series(path: str | Path, series: str | int | None = None) -> Volu
         if series is not None and str(series).strip() not in ("", "0", volume.meta.get("series_uid", "")):
             raise InputError(path, f"a single file holds one series: [0] {volume.meta.get('series_uid', '?')}; got --series {series}")
         return volume
-    found, skipped = _scan(path)
-    if not found:
-        seen = ", ".join(f"{count} {why}" for why, count in skipped.items() if count)
-        raise InputError(path, f"no DICOM image series found ({seen or 'folder is empty'})")
-    info = _select(found, series, path)
+    info = select_series(path, series)
     log.debug("reading DICOM series %s", info.summary())
     volume = _volume_from_files(info.files, path)
     volume.meta["series_index"] = info.index

@@ -1,0 +1,352 @@
+"""Write a label map as one DICOM Segmentation (SEG) object that references its source series.
+
+highdicom builds the SEG; medseg's part is to hand it frames that are exactly the source frames.
+The mask (a :class:`~medseg.io.Volume` in RAS) must sample the same world points as the series,
+in any axis order or direction (e.g. a NIfTI stored LAS): its voxels are permuted/flipped, never
+resampled, into the series' own (slice, row, column) order, and every frame is checked against
+its slice's ImagePositionPatient. highdicom then writes one per-frame source-image reference per
+frame and lists every instance of the series in the Referenced Series Sequence.
+
+Only headers are read from the series (no pixel decoding), and nothing on disk is changed. Badly
+anonymised series are patched in memory: an empty SOPInstanceUID/SOPClassUID is taken from the
+file meta (MediaStorageSOPInstanceUID/MediaStorageSOPClassUID), and an empty Study/Series
+InstanceUID is replaced by one derived from the instance UIDs, with a warning. Derived, not
+random: every SEG written for the same broken series then lands in the same study and series.
+
+Segments are numbered 1..N in label order (BINARY segmentations need consecutive numbers); each
+segment's SegmentDescription keeps the label's index and its SegmentLabel the label's name.
+Codes come from :mod:`medseg.io.segment_codes`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+
+from medseg import __version__
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.io.dicom import select_series
+from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, _position, plane_geometry, single_slice_step, spacing_tolerance
+from medseg.io.geometry import affine_from_lps, corner_points, orientation_code, spacing_from_affine, voxel_to_world
+from medseg.io.segment_codes import SegmentCoding, code_for_label
+from medseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+SegmentationType = Literal["binary", "labelmap"]
+#: Patient/study attributes highdicom copies from the source; type 2 (may be empty) when absent.
+_COPIED_EMPTY_OK = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName")
+
+
+@dataclass
+class AlgorithmInfo:
+    """Which algorithm made the mask: DICOM Segmentation Algorithm Identification of every segment."""
+
+    name: str = "medseg"
+    version: str = __version__
+    model_id: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_model_id(cls, model_id: dict) -> AlgorithmInfo:
+        """From :meth:`medseg.infer.model.LoadedModel.model_id` (also stored in every inference sidecar)."""
+        folds = ",".join("all" if fold is None else str(fold) for fold in model_id.get("folds", []))
+        parameters = {"network": str(model_id.get("name", "")), "folds": folds, "medseg": __version__}
+        return cls(name=f"medseg {model_id.get('name', 'model')}"[:64], version=str(model_id.get("id", "unknown")),
+                   model_id=str(model_id.get("id")) if model_id.get("id") else None,
+                   parameters={k: v for k, v in parameters.items() if v})
+
+
+@dataclass
+class WrittenSegment:
+    number: int
+    label: int
+    name: str
+    coding: SegmentCoding
+    voxels: int
+
+
+@dataclass
+class SegWriteResult:
+    path: Path
+    segments: list[WrittenSegment]
+    skipped: list[str]  # label names without voxels
+    generated_uids: list[str]  # attributes that had to be generated (badly anonymised source)
+    frames_referenced: int
+
+
+@dataclass
+class ReferenceSeries:
+    """The source series as highdicom needs it: header datasets in slice order, UIDs patched."""
+
+    datasets: list[pydicom.Dataset]
+    affine: np.ndarray  # RAS, array axes (column, row, slice) as medseg's DICOM reader builds them
+    shape: tuple[int, int, int]
+    generated_uids: list[str]
+    folder: Path
+
+
+def _uid(ds: pydicom.Dataset, tag: str) -> str:
+    return str(ds.get(tag, "") or "").strip()
+
+
+def _patch_instance_uids(ds: pydicom.Dataset, path: Path) -> None:
+    meta = getattr(ds, "file_meta", None)
+    for tag, meta_tag in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID")):
+        if not _uid(ds, tag):
+            value = str(meta.get(meta_tag, "") or "").strip() if meta is not None else ""
+            if not value:
+                raise InputError(path, f"no {tag} in the dataset nor {meta_tag} in the file meta: a SEG cannot reference this slice")
+            setattr(ds, tag, value)
+
+
+def _patch_series_uids(datasets: list[pydicom.Dataset], folder: Path) -> list[str]:
+    """Fill empty Study/Series InstanceUIDs with UIDs derived from the instances; refuse mixed ones."""
+    generated = []
+    instances = sorted(_uid(ds, "SOPInstanceUID") for ds in datasets)
+    for tag in ("StudyInstanceUID", "SeriesInstanceUID"):
+        values = {_uid(ds, tag) for ds in datasets}
+        if len(values) > 1:
+            raise InputError(folder, f"the series' slices disagree on {tag} ({len(values)} values, some may be empty)")
+        if values == {""}:
+            value = pydicom.uid.generate_uid(entropy_srcs=[tag, *instances])
+            for ds in datasets:
+                setattr(ds, tag, value)
+            generated.append(tag)
+    if generated:
+        log.warning("%s: the source series has an empty %s; the SEG uses one derived from its SOP instance UIDs",
+                    folder, " and ".join(generated))
+    if not all(_uid(ds, "FrameOfReferenceUID") for ds in datasets):
+        raise InputError(folder, "source slices have no FrameOfReferenceUID: a SEG cannot be placed in their patient space")
+    for ds in datasets:
+        for tag in _COPIED_EMPTY_OK:
+            if tag not in ds:
+                setattr(ds, tag, "")
+    return generated
+
+
+def _read_headers(paths: list[Path]) -> list[pydicom.Dataset]:
+    datasets = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # pydicom raises many types for damaged files
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            raise InputError(path, f"not a readable DICOM file ({detail})") from error
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 or "SharedFunctionalGroupsSequence" in ds:
+            raise InputError(path, "multi-frame/enhanced source images are not supported for DICOM-SEG output (classic single-frame series only)")
+        _patch_instance_uids(ds, path)
+        datasets.append(ds)
+    return datasets
+
+
+def load_reference_series(folder: str | Path, series: str | int | None = None) -> ReferenceSeries:
+    """Headers of one series in slice order (as :func:`medseg.io.read_dicom_series` stacks them), and its grid."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "the reference for a DICOM-SEG must be the folder holding the source DICOM series")
+    info = select_series(folder, series)
+    if info.mosaic_tiles:
+        raise InputError(folder, "Siemens mosaic series are not supported for DICOM-SEG output (one file holds many slices)")
+    datasets = _read_headers(info.files)
+    row, column, normal, pixel_spacing = plane_geometry(datasets[0], info.files[0])
+    positions = np.stack([_position(ds, path) for ds, path in zip(datasets, info.files)])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    datasets, positions, along = [datasets[i] for i in order], positions[order], along[order]
+    if len(datasets) > 1 and np.diff(along).min() < DUPLICATE_TOLERANCE_MM:
+        raise InputError(folder, "duplicate slice positions: the series holds several volumes; a SEG references one volume")
+    step = float((along[-1] - along[0]) / (len(along) - 1)) if len(datasets) > 1 else single_slice_step(datasets[0])[0]
+    affine = affine_from_lps((pixel_spacing[1], pixel_spacing[0], step), positions[0], np.column_stack([row, column, normal]))
+    shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
+    _check_frames(datasets, positions, positions[0], normal * step, tuple(datasets[0].ImageOrientationPatient), folder,
+                  spacing_tolerance(step))
+    generated = _patch_series_uids(datasets, folder)
+    return ReferenceSeries(datasets, affine, shape, generated, folder)
+
+
+def _check_frames(datasets, positions, origin, step_vector, orientation, folder: Path, tolerance: float) -> None:
+    """Every slice on one regular grid (else frames cannot match a Volume): same size, orientation, even steps."""
+    expected = origin + np.arange(len(datasets))[:, None] * step_vector
+    off = np.linalg.norm(positions - expected, axis=1)
+    for k, ds in enumerate(datasets):
+        if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns):
+            raise InputError(folder, f"slices differ in size ({ds.Rows}x{ds.Columns} vs {datasets[0].Rows}x{datasets[0].Columns}): not one volume")
+        if len(ds.get("ImageOrientationPatient") or []) != 6 or not np.allclose(
+                [float(v) for v in ds.ImageOrientationPatient], [float(v) for v in orientation], atol=1e-4):
+            raise InputError(folder, "slices differ in ImageOrientationPatient: not one volume")
+        if off[k] > tolerance:
+            raise InputError(folder, f"slice {k} lies {off[k]:.3g} mm off a regular grid (gantry tilt or uneven spacing): "
+                                     "a SEG frame-for-frame on this series cannot be built from one regular volume")
+
+
+def _describe_grid(shape, affine) -> str:
+    spacing = ", ".join(f"{s:.4g}" for s in spacing_from_affine(affine))
+    origin = ", ".join(f"{o:.2f}" for o in np.asarray(affine)[:3, 3])
+    return f"shape {tuple(int(s) for s in shape)}, spacing ({spacing}) mm, {orientation_code(affine)}, origin ({origin})"
+
+
+def frames_in_series_order(mask: Volume, reference: ReferenceSeries) -> np.ndarray:
+    """The mask's voxels as the series' frames ``(slice, row, column)``: a permutation/flip, never a resampling.
+
+    ``inv(series affine) @ mask affine`` maps mask indices to series indices; on the same grid it is
+    a signed permutation with an offset of 0 (same direction) or n-1 (reversed) along each axis.
+    """
+    relation = np.linalg.inv(reference.affine) @ mask.affine
+    permutation, offset = np.rint(relation[:3, :3]), np.rint(relation[:3, 3])
+    mismatch = InputError(mask.meta.get("source", "mask"), f"mask grid ({_describe_grid(mask.shape, mask.affine)}) does not match "
+                                                           f"the DICOM series ({_describe_grid(reference.shape, reference.affine)})")
+    permutation_ok = bool((np.abs(permutation).sum(axis=0) == 1).all() and (np.abs(permutation).sum(axis=1) == 1).all())
+    if mask.array.ndim != 3 or not permutation_ok:
+        raise mismatch
+    source_axis = np.abs(permutation).argmax(axis=1)  # the mask axis that runs along each series axis
+    sign = permutation[np.arange(3), source_axis]
+    expected_offset = np.where(sign > 0, 0, np.asarray(reference.shape) - 1)
+    corners = np.array([[i, j, k] for i in (0, mask.shape[0] - 1) for j in (0, mask.shape[1] - 1) for k in (0, mask.shape[2] - 1)])
+    distance = np.abs(voxel_to_world(reference.affine, corners @ permutation.T + offset) - corner_points(mask.shape, mask.affine)).max()
+    tolerance = spacing_tolerance(float(spacing_from_affine(reference.affine).min()))
+    if tuple(mask.shape[b] for b in source_axis) != reference.shape or (offset != expected_offset).any() or distance > tolerance:
+        raise mismatch
+    array = np.transpose(mask.array, source_axis)
+    flips = tuple(int(a) for a in np.flatnonzero(sign < 0))
+    if flips:
+        array = np.flip(array, flips)
+    return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
+
+
+def _display_color(label: int):
+    """A recommended colour per label index (matplotlib's tab20), so viewers show a model's labels alike."""
+    import highdicom as hd
+    from matplotlib import colormaps
+
+    red, green, blue, _ = colormaps["tab20"](label % 20)
+    return hd.color.CIELabColor.from_rgb(int(red * 255), int(green * 255), int(blue * 255))
+
+
+def _segment_description(segment: WrittenSegment, algorithm: AlgorithmInfo):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name[:64], family=codes.cid7162.ArtificialIntelligence, version=algorithm.version[:64], source="medseg",
+        parameters=algorithm.parameters or None)
+    coding = segment.coding
+    description = hd.seg.SegmentDescription(
+        segment_number=segment.number, segment_label=segment.name[:64], segmented_property_category=coding.category,
+        segmented_property_type=coding.property_type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=identification, anatomic_regions=list(coding.anatomic_regions) or None,
+        display_color=_display_color(segment.label))
+    description.SegmentDescription = f"label {segment.label}: {segment.name}"[:64]
+    if coding.modifier is not None:
+        # Laterality qualifies the organ: the region of an abnormal structure, else the property type.
+        item = description.AnatomicRegionSequence[0] if coding.anatomic_regions else description.SegmentedPropertyTypeCodeSequence[0]
+        modifier = hd.sr.CodedConcept.from_code(coding.modifier)
+        if coding.anatomic_regions:
+            item.AnatomicRegionModifierSequence = [modifier]
+        else:
+            item.SegmentedPropertyTypeModifierCodeSequence = [modifier]
+    return description
+
+
+def plan_segments(frames: np.ndarray, labels: dict[int, str], source: str | Path) -> tuple[list[WrittenSegment], list[str]]:
+    """Segments for the labels that have voxels (numbered 1..N in label order), and the names skipped."""
+    counts = np.bincount(frames.ravel(), minlength=max(labels, default=0) + 1)
+    unnamed = [int(v) for v in np.flatnonzero(counts) if v != 0 and v not in labels]
+    if unnamed:
+        raise InputError(source, f"mask holds label value(s) {unnamed[:10]} that the label map does not name (it names {sorted(labels)[:20]})")
+    present = [k for k in sorted(labels) if k != 0 and counts[k] > 0]
+    skipped = [labels[k] for k in sorted(labels) if k != 0 and counts[k] == 0]
+    if not present:
+        raise InputError(source, "mask has no labelled voxels: a DICOM-SEG needs at least one segment")
+    segments = [WrittenSegment(number, label, labels[label], code_for_label(labels[label]), int(counts[label]))
+                for number, label in enumerate(present, start=1)]
+    return segments, skipped
+
+
+def write_dicom_seg(
+    mask: Volume,
+    labels: dict[int, str],
+    series_dir: str | Path,
+    out_path: str | Path,
+    *,
+    algorithm: AlgorithmInfo | None = None,
+    series: str | int | None = None,
+    series_description: str = "medseg segmentation",
+    series_number: int | None = None,
+    segmentation_type: SegmentationType = "binary",
+) -> SegWriteResult:
+    """Write ``mask`` (label values named by ``labels``, 0 = background) as one SEG of the series in ``series_dir``.
+
+    The mask must be on the series' grid (as `medseg infer` and `medseg convert` write it), in any
+    axis order; ``series`` picks a series by UID or index when the folder holds several. Labels
+    without voxels are skipped (listed in the result); an empty mask, an unnamed label value or
+    a grid mismatch raise :class:`InputError` before anything is written. The file is written
+    atomically. ``segmentation_type="binary"`` (1 bit per voxel and segment, uncompressed: the SEG
+    every viewer reads) or ``"labelmap"``: the newer Label Map SEG class, one RLE-compressed frame
+    per slice (on the 20-slice, 31-segment TotalSegmentator CT: 0.5 s and 0.2 MB against 3.7 s and
+    17 MB), which fewer viewers read yet.
+    """
+    import highdicom as hd
+
+    if segmentation_type not in ("binary", "labelmap"):
+        raise ValueError(f"segmentation_type must be 'binary' or 'labelmap', got {segmentation_type!r}")
+    algorithm = algorithm or AlgorithmInfo()
+    reference = load_reference_series(series_dir, series)
+    frames = frames_in_series_order(mask, reference)
+    segments, skipped = plan_segments(frames, labels, mask.meta.get("source", "mask"))
+    lookup = np.zeros(int(frames.max()) + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
+    for segment in segments:
+        lookup[segment.label] = segment.number
+    source_number = reference.datasets[0].get("SeriesNumber")
+    seg = hd.seg.Segmentation(
+        source_images=reference.datasets, pixel_array=lookup[frames], segmentation_type=segmentation_type.upper(),
+        segment_descriptions=[_segment_description(segment, algorithm) for segment in segments],
+        series_instance_uid=hd.UID(), series_number=series_number or (int(source_number) + 1000 if source_number not in (None, "") else 1000),
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg", manufacturer_model_name=algorithm.name[:64],
+        software_versions=f"medseg {__version__}", device_serial_number=(algorithm.model_id or "none")[:64],
+        content_label="MEDSEG", content_description=f"{algorithm.name} {algorithm.version}"[:64],
+        series_description=series_description[:64], omit_empty_frames=True,
+        transfer_syntax_uid=pydicom.uid.RLELossless if segmentation_type == "labelmap" else pydicom.uid.ExplicitVRLittleEndian)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as temporary:
+        seg.save_as(temporary, enforce_file_format=True)
+    if skipped:
+        log.info("%d label(s) without voxels are not in the SEG: %s", len(skipped), ", ".join(skipped[:20]))
+    log.debug("wrote DICOM-SEG %s: %d segments over %d frames", out_path, len(segments), len(reference.datasets))
+    return SegWriteResult(out_path, segments, skipped, reference.generated_uids, len(reference.datasets))
+
+
+def convert_mask_to_seg(
+    mask_path: str | Path,
+    out_path: str | Path,
+    series_dir: str | Path,
+    *,
+    labels_file: str | Path | None = None,
+    series: str | int | None = None,
+    algorithm_name: str | None = None,
+    segmentation_type: SegmentationType = "binary",
+) -> SegWriteResult:
+    """`medseg convert MASK OUT.dcm --to dicom-seg`: names and model id from ``labels_file`` or the mask's sidecar."""
+    from medseg.io.label_names import labels_for_mask
+    from medseg.io.readers import read_volume
+
+    labels, model = labels_for_mask(mask_path, labels_file)
+    mask = read_volume(mask_path, role="label")
+    if labels is None:
+        values = [int(v) for v in np.unique(mask.array) if v != 0]
+        labels = {value: f"label_{value}" for value in values}
+        log.warning("%s: no label names (no --labels and no sidecar beside the mask); segments are named label_<value>", mask_path)
+    if model is not None:
+        algorithm = AlgorithmInfo.from_model_id(model)
+    else:
+        algorithm = AlgorithmInfo(name=algorithm_name or "unknown algorithm", version="unknown", parameters={"converted_by": f"medseg {__version__}"})
+    if algorithm_name:
+        algorithm.name = algorithm_name
+    return write_dicom_seg(mask, labels, series_dir, out_path, algorithm=algorithm, series=series, segmentation_type=segmentation_type)

@@ -1,0 +1,208 @@
+"""DICOM-SEG output: read back with highdicom, every segment must hold exactly the mask's voxels at the
+mask's world positions, and every frame must reference the source slice it lies on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.errors import InputError
+from medseg.io import Volume, read_volume
+from medseg.io.dicom_seg import AlgorithmInfo, write_dicom_seg
+from medseg.io.dicom_write import write_dicom_series
+from medseg.io.geometry import LPS_TO_RAS, affine_from_lps, world_to_voxel
+from tests.io.helpers import oblique_affine
+
+pytestmark = pytest.mark.filterwarnings("ignore:The string \"ANONYMOUS\" is unlikely:UserWarning")  # dicom_write's PatientName
+
+LABELS = {1: "liver", 2: "tumour", 3: "kidney_left", 4: "spleen", 5: "mystery_blob"}
+
+
+def blob_mask(rng: np.random.Generator, shape, present=(1, 2, 3, 5)) -> np.ndarray:
+    """Seeded boxes of several labels (label 4 deliberately absent), overlapping so later ones win."""
+    array = np.zeros(shape, dtype=np.uint8)
+    for label in present:
+        low = [int(rng.integers(0, max(n - 3, 1))) for n in shape]
+        high = [min(n, lo + int(rng.integers(2, max(n // 2, 3)))) for lo, n in zip(low, shape)]
+        array[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = label
+    return array
+
+
+def seg_labels_in_mask_grid(seg: hd.seg.Segmentation, mask: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Mask voxel indices (N, 3) of every SEG voxel in a segment, found through world coordinates, and its segment number."""
+    volume = seg.get_volume(combine_segments=True, relabel=False)
+    indices = np.argwhere(volume.array > 0)
+    world_ras = (LPS_TO_RAS @ volume.affine @ np.c_[indices, np.ones(len(indices))].T).T[:, :3]
+    voxels = world_to_voxel(mask.affine, world_ras)
+    assert np.abs(voxels - np.rint(voxels)).max(initial=0) < 1e-3, "SEG voxels fall between mask voxels"
+    return np.rint(voxels).astype(int), volume.array[tuple(indices.T)]
+
+
+def assert_seg_equals_mask(path, mask: Volume, labels: dict[int, str]) -> hd.seg.Segmentation:
+    seg = hd.seg.segread(path)
+    present = [k for k in sorted(labels) if k and (mask.array == k).any()]
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == [labels[k] for k in present]
+    voxels, numbers = seg_labels_in_mask_grid(seg, mask)
+    assert (voxels >= 0).all() and (voxels < np.asarray(mask.shape)).all(), "SEG voxels outside the mask grid"
+    rebuilt = np.zeros(mask.shape, dtype=np.int32)
+    rebuilt[tuple(voxels.T)] = np.asarray([0, *present])[numbers]  # segment number -> label value
+    assert len(voxels) == int((mask.array > 0).sum())  # no voxel twice, none outside the mask
+    assert np.array_equal(rebuilt, mask.array)
+    return seg
+
+
+def assert_frames_reference_their_slices(seg: hd.seg.Segmentation, files) -> None:
+    """Each SEG frame's source reference is the slice at that frame's position."""
+    by_uid = {}
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = str(ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID)
+        by_uid[uid] = np.array([float(v) for v in ds.ImagePositionPatient])
+    referenced = {str(item.ReferencedSOPInstanceUID) for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == set(by_uid)  # every source frame, not only the labelled ones
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        position = np.array([float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient])
+        assert np.allclose(by_uid[str(source.ReferencedSOPInstanceUID)], position, atol=1e-3)
+
+
+@pytest.fixture
+def oblique_series(tmp_path, rng):
+    image = Volume(rng.integers(-200, 300, size=(19, 14, 9)).astype(np.int16), oblique_affine(spacing=(0.8, 1.1, 2.5)))
+    files = write_dicom_series(image, tmp_path / "oblique")
+    return image, files
+
+
+def test_oblique_series_reads_back_voxel_for_voxel(oblique_series, tmp_path, rng):
+    image, files = oblique_series
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    result = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm", algorithm=AlgorithmInfo(model_id="0123abcd"))
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
+    assert_frames_reference_their_slices(seg, files)
+    assert result.skipped == ["spleen"] and result.generated_uids == []
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    algorithm = seg.get_segment_description(1).SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "medseg" and seg.DeviceSerialNumber == "0123abcd"
+
+
+def test_lps_series_with_a_mask_stored_in_another_axis_order(tmp_path, rng):
+    """An LPS-stored series, a mask permuted and flipped (RAS order): the same world voxels come back."""
+    affine = affine_from_lps((0.9, 0.75, 2.0), (120.0, 80.0, -30.0), np.eye(3))
+    image = Volume(rng.integers(0, 100, size=(16, 12, 7)).astype(np.int16), affine)
+    files = write_dicom_series(image, tmp_path / "lps")
+    mask = image.with_array(blob_mask(rng, image.shape), role="label").reoriented("RAS")
+    assert mask.orientation == "RAS" and image.orientation == "LPS"
+    write_dicom_seg(mask, LABELS, tmp_path / "lps", tmp_path / "seg.dcm")
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
+    assert_frames_reference_their_slices(seg, files)
+
+
+def test_labelmap_type_holds_the_same_segments(oblique_series, tmp_path, rng):
+    image, files = oblique_series
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm", segmentation_type="labelmap")
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+
+
+def test_badly_anonymised_series_gets_uids_from_the_file_meta(oblique_series, tmp_path, rng, caplog):
+    """Empty SOP/Study/Series UIDs (as in the real TotalSegmentator series), never modified on disk."""
+    image, files = oblique_series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        for tag in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            setattr(ds, tag, "")
+        ds.save_as(path)
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    with caplog.at_level(logging.WARNING):
+        result = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    again = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg2.dcm")
+    assert result.generated_uids == ["StudyInstanceUID", "SeriesInstanceUID"]
+    assert "empty StudyInstanceUID and SeriesInstanceUID" in caplog.text
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
+    assert_frames_reference_their_slices(seg, files)
+    assert seg.StudyInstanceUID == hd.seg.segread(tmp_path / "seg2.dcm").StudyInstanceUID  # derived, not random
+    assert again.generated_uids == result.generated_uids
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == digests
+
+
+@pytest.mark.parametrize("change", ["shifted", "cropped", "rotated"])
+def test_mask_on_another_grid_is_refused_without_output(oblique_series, tmp_path, rng, change):
+    image, _ = oblique_series
+    array, affine = blob_mask(rng, image.shape), image.affine.copy()
+    if change == "shifted":
+        affine[:3, 3] += affine[:3, 2]  # one slice further along
+    elif change == "cropped":
+        array = array[:, :, :-1]
+    else:
+        affine = oblique_affine(spacing=(0.8, 1.1, 2.5), angles=(12.0, -7.0, 40.0))
+    with pytest.raises(InputError, match="does not match the DICOM series"):
+        write_dicom_seg(Volume(array, affine, "label"), LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert [p.name for p in tmp_path.iterdir()] == ["oblique"]  # no SEG, no temporary file
+
+
+def test_empty_mask_and_unnamed_labels_are_refused(oblique_series, tmp_path):
+    image, _ = oblique_series
+    empty = image.with_array(np.zeros(image.shape, np.uint8), role="label")
+    with pytest.raises(InputError, match="no labelled voxels"):
+        write_dicom_seg(empty, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    unnamed = image.with_array(np.full(image.shape, 9, np.uint8), role="label")
+    with pytest.raises(InputError, match=r"label value\(s\) \[9\]"):
+        write_dicom_seg(unnamed, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_segments_carry_snomed_codes_and_laterality(oblique_series, tmp_path, rng):
+    image, _ = oblique_series
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    by_name = {seg.get_segment_description(n).SegmentLabel: seg.get_segment_description(n) for n in seg.segment_numbers}
+    kidney = by_name["kidney_left"].SegmentedPropertyTypeCodeSequence[0]
+    assert (kidney.CodeValue, kidney.CodingSchemeDesignator) == ("64033007", "SCT")
+    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"  # SCT Left
+    assert by_name["tumour"].SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"  # morphologically abnormal
+    assert by_name["mystery_blob"].SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99MEDSEG"
+
+
+# --- the real, badly anonymised TotalSegmentator CT series -------------------------------------------
+def test_real_ct_series_seg_equals_its_nifti_mask(shared_file, tmp_path, caplog):
+    series = shared_file("totalseg_example/ct_dicom")
+    mask = read_volume(shared_file("totalseg_example/seg_v2/example_seg_dicom.nii.gz"), role="label")
+    names = json.loads(shared_file("totalseg_example/label_map.json").read_text())["total"]
+    labels = {int(k): v for k, v in names.items()}
+    files = sorted(p for p in series.iterdir() if p.is_file())
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    with caplog.at_level(logging.WARNING):
+        result = write_dicom_seg(mask, labels, series, tmp_path / "seg.dcm", algorithm=AlgorithmInfo(name="TotalSegmentator", version="2"))
+    present = sorted(int(v) for v in np.unique(mask.array) if v)
+    assert [s.label for s in result.segments] == present and len(present) == 31
+    assert result.generated_uids == ["StudyInstanceUID", "SeriesInstanceUID"] and "derived from its SOP instance UIDs" in caplog.text
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, labels)
+    assert_frames_reference_their_slices(seg, files)  # SOP instance UIDs came from the file meta
+    frame_of_reference = pydicom.dcmread(files[0], stop_before_pixels=True).FrameOfReferenceUID
+    assert seg.FrameOfReferenceUID == frame_of_reference
+    liver = next(n for n in seg.segment_numbers if seg.get_segment_description(n).SegmentLabel == "liver")
+    assert seg.get_segment_description(liver).SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == digests
+
+
+def test_series_is_picked_from_a_folder_holding_several(tmp_path, rng):
+    first = Volume(np.zeros((8, 6, 4), np.int16), oblique_affine())
+    second = Volume(np.zeros((10, 7, 5), np.int16), oblique_affine(spacing=(1.0, 1.0, 2.0)))
+    write_dicom_series(first, tmp_path / "study" / "a", series_number=1)
+    files = write_dicom_series(second, tmp_path / "study" / "b", series_number=2)
+    mask = second.with_array(blob_mask(rng, second.shape), role="label")
+    with pytest.raises(InputError, match="2 series found"):
+        write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm")
+    write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm", series=1)
+    assert_frames_reference_their_slices(assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS), files)
