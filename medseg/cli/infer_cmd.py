@@ -35,6 +35,10 @@ def infer(
     device: Optional[str] = typer.Option(None, "--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1 ..."),
     stitch_device: Optional[str] = typer.Option(None, "--stitch-device", help="Where window outputs are accumulated: auto (default), gpu or cpu (for huge volumes)."),
     per_class: Optional[bool] = typer.Option(None, "--per-class", help="Also write one binary mask per label: OUT/<case>/<label>.nii.gz."),
+    dicom_seg: Optional[bool] = typer.Option(None, "--dicom-seg", help="For DICOM series inputs, also write OUT/<case>_seg.dcm: one DICOM-SEG "
+                                             "referencing the series (segments named from the model's labels, SNOMED CT codes where known)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, or onnxruntime for a model exported with `medseg export onnx` "
+                                          "(needs pip install medseg[onnx]) [default: auto, by what MODEL is]."),
     save_probabilities: Optional[bool] = typer.Option(None, "--save-probabilities", help="Also write float16 class probabilities on the input grid: OUT/<case>_probabilities.npz."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the network: auto (default: on CPU when the "
                                                "run holds >= 80 windows of 96^3, where the ~18 s compile pays back), on or off."),
@@ -61,15 +65,20 @@ def infer(
       medseg infer runs/liver/checkpoint_best.pt scans/ -o masks/
         --set infer.postprocess.liver.largest_component=true
       medseg infer runs/liver archive/ -o masks/ --shard 3/8 --skip-existing   (SLURM array task 3 of 8)
+      medseg infer runs/liver dicom/series_folder -o masks/ --dicom-seg        (PACS-ready DICOM-SEG too)
+      medseg infer liver.onnx ct.nii.gz -o masks/                              (ONNX Runtime, no PyTorch network)
     """
     from medseg.config.loader import load_config, save_resolved
-    from medseg.infer import InferFailures, Segmenter, infer as run_inference, load_model
+    from medseg.infer import InferFailures, Segmenter, infer as run_inference
+    from medseg.infer.model import load_for_backend
     from medseg.infer.pipeline import parse_shard
+    from medseg.runtime import available_cores
 
     flags = _flag_overrides(tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device,
-                            per_class=per_class, save_probabilities=save_probabilities, compile=compile_mode)
+                            per_class=per_class, save_probabilities=save_probabilities, compile=compile_mode, dicom_seg=dicom_seg, backend=backend)
     parts = parse_shard(shard)
-    loaded = load_model(model)
+    chosen = load_config(config_file, list(overrides) + flags).infer
+    loaded = load_for_backend(model, chosen.backend, chosen.threads or available_cores())
     settings = load_config(config_file, list(overrides) + flags, base=saved_sections(loaded.config))
     segmenter = Segmenter(loaded, settings.infer)
     try:

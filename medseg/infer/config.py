@@ -65,6 +65,11 @@ class InferConfig(Section):
         None, description="labels (names or indices) whose connected components are counted as lesions; None = names containing " + ", ".join(LESION_WORDS)
     )
     per_class: bool = Field(False, description="also write one binary mask per label: <case>/<label>.nii.gz")
+    dicom_seg: bool = Field(False, description="for DICOM series inputs, also write the mask as one DICOM-SEG object referencing the series: <case>_seg.dcm")
+    dicom_seg_type: Literal["binary", "labelmap"] = Field("binary", description="binary SEG (what every viewer reads) or the compact Label Map SEG")
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="what runs the network: torch, or onnxruntime for models exported with `medseg export onnx` (CPU); "
+        "auto = onnxruntime when MODEL is an .onnx file or a folder of them")
     save_probabilities: bool = Field(False, description="also write class probabilities on the input grid as float16 <case>_probabilities.npz")
     compress_probabilities: bool = Field(True, description="zip-compress the probabilities file (smaller, slower to write)")
     restore_chunk_mb: int = Field(256, ge=8, description="memory for one slab of class probabilities while mapping them back to the input grid")

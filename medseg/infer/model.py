@@ -175,3 +175,24 @@ def load_model(model: str | Path) -> LoadedModel:
     log.info("loaded %d network(s) of %s (%s, %s)", len(networks), model, first.model_spec.name, first.configuration.name)
     return LoadedModel(networks, first.plan, first.configuration, dict(first.labels), first.model_spec.in_channels,
                        first.model_spec.name, infos, first.config)
+
+
+def is_onnx_model(model: str | Path) -> bool:
+    """An ``.onnx`` file, or a folder of them without medseg checkpoints (what `medseg export onnx` writes)."""
+    path = Path(model)
+    if path.is_file():
+        return path.suffix.lower() == ".onnx"
+    return path.is_dir() and any(path.glob("*.onnx")) and not resolve_checkpoints_quietly(path)
+
+
+def resolve_checkpoints_quietly(path: Path) -> bool:
+    return _run_checkpoint(path) is not None or any(_run_checkpoint(fold) for fold in path.glob("fold_*") if fold.is_dir())
+
+
+def load_for_backend(model: str | Path, backend: str, threads: int) -> LoadedModel:
+    """``torch``: the checkpoint(s); ``onnxruntime``: exported ONNX file(s); ``auto``: by what MODEL is."""
+    if backend == "onnxruntime" or (backend == "auto" and is_onnx_model(model)):
+        from medseg.export.onnx_runtime import load_onnx_model
+
+        return load_onnx_model(model, threads=threads)
+    return load_model(model)

@@ -8,6 +8,7 @@ Layout under the output folder::
     <case>.json                    sidecar (written last: its presence means the case is complete)
     <case>/<label>.nii.gz          --per-class binary masks
     <case>_probabilities.npz       --save-probabilities: float16 (K, X, Y, Z) on the input grid
+    <case>_seg.dcm                 --dicom-seg (DICOM series inputs): one DICOM-SEG object referencing the series
 
 The sidecar holds no patient identifiers: no names, IDs, dates or source paths, only the case
 name the user's file was given, geometry, per-label volumes and the model's id.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,10 @@ class OutputPaths:
     sidecar: Path
     per_class_dir: Path
     probabilities: Path
+
+    @property
+    def dicom_seg(self) -> Path:
+        return self.mask.with_name(self.mask.name[: -len(next(s for s in MASK_SUFFIXES if self.mask.name.endswith(s)))] + "_seg.dcm")
 
 
 def safe_name(name: str) -> str:
@@ -71,8 +77,9 @@ def write_case(
     per_class: bool = False,
     probabilities: np.ndarray | None = None,
     compress_probabilities: bool = True,
+    extras: Sequence[Callable[[], Path]] = (),
 ) -> list[Path]:
-    """Write every output of one case (sidecar last); on failure remove what was written."""
+    """Write every output of one case (``extras`` such as a DICOM-SEG after the mask, the sidecar last); on failure remove what was written."""
     written: list[Path] = []
     try:
         write_label_map(labels, reference, paths.mask)
@@ -88,10 +95,13 @@ def write_case(
         if probabilities is not None:
             _write_probabilities(probabilities, reference, names, paths.probabilities, compress_probabilities)
             written.append(paths.probabilities)
+        for extra in extras:
+            written.append(extra())
         sidecar = dict(sidecar)
         sidecar["outputs"] = {"mask": paths.mask.name,
                               "per_class": [str(p.relative_to(paths.mask.parent)) for p in written if p.parent == paths.per_class_dir],
-                              "probabilities": paths.probabilities.name if probabilities is not None else None}
+                              "probabilities": paths.probabilities.name if probabilities is not None else None,
+                              "dicom_seg": paths.dicom_seg.name if paths.dicom_seg in written else None}
         write_json(paths.sidecar, sidecar, make_parents=False)
         written.append(paths.sidecar)
     except BaseException:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,15 +131,32 @@ class _Writer:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-write")
         self.pending: list[tuple[str, Future]] = []
 
-    def submit(self, prediction: CasePrediction) -> None:
-        self.pending.append((prediction.name, self.pool.submit(self._write, prediction)))
+    def submit(self, prediction: CasePrediction, case: CaseSource, series: str | None) -> None:
+        self.pending.append((prediction.name, self.pool.submit(self._write, prediction, case, series)))
 
-    def _write(self, prediction: CasePrediction) -> list[Path]:
+    def _dicom_seg(self, prediction: CasePrediction, case: CaseSource, series: str | None, target: Path) -> Callable[[], Path]:
+        from medseg.io.dicom_seg import AlgorithmInfo, write_dicom_seg
+
+        model = self.segmenter.model
+
+        def write() -> Path:
+            write_dicom_seg(prediction.reference.with_array(prediction.labels, role="label"), model.labels, case.where, target,
+                            algorithm=AlgorithmInfo.from_model_id(model.model_id()), series=series,
+                            segmentation_type=self.segmenter.config.dicom_seg_type)
+            return target
+
+        return write
+
+    def _write(self, prediction: CasePrediction, case: CaseSource, series: str | None) -> list[Path]:
         config = self.segmenter.config
         prediction.timings["total"] = sum(prediction.timings.values())  # compute time; reading overlaps the previous case
         paths = output_paths(self.out, prediction.name, self.single_file)
+        extras = [self._dicom_seg(prediction, case, series, paths.dicom_seg)] if config.dicom_seg and case.dicom else []
+        if config.dicom_seg and not case.dicom:
+            log.info("%s: not a DICOM series, so no DICOM-SEG (--dicom-seg needs the source series to reference)", case.name)
         return write_case(prediction.labels, prediction.reference, self.segmenter.model.labels, self.segmenter.sidecar(prediction), paths,
-                          per_class=config.per_class, probabilities=prediction.probabilities, compress_probabilities=config.compress_probabilities)
+                          per_class=config.per_class, probabilities=prediction.probabilities, compress_probabilities=config.compress_probabilities,
+                          extras=extras)
 
     def close(self) -> None:
         for name, future in self.pending:
@@ -203,7 +221,7 @@ def infer(
                 load_error = error
             upcoming = submit(cases[index + 1]) if submit and index + 1 < len(cases) else None
             try:
-                writer.submit(_run_case(segmenter, prepared, load_error, bar))
+                writer.submit(_run_case(segmenter, prepared, load_error, bar), case, series)
             except KeyboardInterrupt:
                 raise
             except Exception as error:  # reported per case; the batch goes on

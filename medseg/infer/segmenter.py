@@ -32,11 +32,11 @@ from medseg.errors import InputError
 from medseg.infer.compiled import CompiledNetwork, should_compile
 from medseg.infer.config import InferConfig
 from medseg.infer.inputs import CaseSource, read_case
-from medseg.infer.model import LoadedModel, load_model
+from medseg.infer.model import LoadedModel, load_for_backend
 from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, resolve_rules
 from medseg.infer.predictor import WindowSpec, count_windows, default_sw_batch_size, mirror_sets, predict_probabilities, stitch_device
 from medseg.io.volume import Volume
-from medseg.runtime import resolve_runtime, runtime_scope
+from medseg.runtime import available_cores, resolve_runtime, runtime_scope
 from medseg.schema.case import CaseProperties
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,15 @@ class Segmenter:
     """A loaded model plus resolved settings; predicts any number of cases with one load."""
 
     def __init__(self, model: str | Path | LoadedModel, config: InferConfig | None = None):
-        loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        if isinstance(model, LoadedModel):
+            loaded = model
+        else:
+            backend = config.backend if config is not None else "auto"
+            loaded = load_for_backend(model, backend, (config.threads if config is not None else None) or available_cores())
         self.config = config or saved_infer_config(loaded)
+        self.backend = "onnxruntime" if any(type(network).__name__ == "OnnxNetwork" for network in loaded.networks) else "torch"
+        if self.backend == "onnxruntime":  # ONNX Runtime runs on the CPU and is already an optimised engine
+            self.config = self.config.model_copy(update={"device": "cpu", "compile": "off", "amp": "off"})
         self.runtime = resolve_runtime(self.config.device, self.config.amp, self.config.threads)
         self.model = loaded.to(self.runtime.device)
         tta = self.config.tta if self.config.tta is not None else self.runtime.cuda
@@ -195,7 +202,7 @@ class Segmenter:
             "case": prediction.name,
             "medseg_version": __version__,
             "model": self.model.model_id(),
-            "settings": {**self.runtime.describe(), "sw_batch_size": self.spec.sw_batch_size, "tta": self.tta, "compiled": self.compiled,
+            "settings": {**self.runtime.describe(), "backend": self.backend, "sw_batch_size": self.spec.sw_batch_size, "tta": self.tta, "compiled": self.compiled,
                          "overlap": self.config.overlap, "blending": "gaussian", "tta_passes": len(self.spec.mirrors),
                          "folds": len(self.model.networks),
                          "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}},

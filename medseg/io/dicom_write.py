@@ -159,7 +159,7 @@ def _slice_dataset(modality: str, description: str, series_number: int, study_ui
     ds.Modality = modality
     ds.Manufacturer = "medseg"
     ds.SeriesDescription = description
-    ds.PatientName = "ANONYMOUS"
+    ds.PatientName = "ANONYMOUS^"
     ds.PatientID = "medseg-synthetic"
     ds.PatientBirthDate = ""
     ds.PatientSex = ""

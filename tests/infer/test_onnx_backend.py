@@ -41,3 +41,16 @@ def test_onnx_model_segments_like_pytorch_through_the_whole_pipeline(trained, ex
         for label in sorted(onnx_model.labels):
             assert dice(expected, actual, label) >= 0.999, (path.name, label)
     assert foreground > 0  # the comparison covered real segmentations, not two empty masks
+
+
+def test_cli_runs_an_onnx_model_and_says_so(trained, exported, tmp_path):
+    import json
+
+    from medseg.cli import main
+
+    image = trained["dataset"] / "imagesTs" / "case_004.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["infer", str(exported.path), str(image), "-o", str(tmp_path / "out"), "--set", "infer.threads=1"])
+    assert exit_info.value.code in (0, None)
+    sidecar = json.loads((tmp_path / "out" / "case_004.json").read_text())
+    assert sidecar["settings"]["backend"] == "onnxruntime" and sidecar["settings"]["device"] == "cpu"
