@@ -1,7 +1,7 @@
 """Write a 3D Volume as a classic single-frame DICOM series (CT or MR Image Storage) with pydicom.
 
 Used by ``medseg demo`` and the tests to produce DICOM input with known geometry. The files carry
-no patient identifiers (PatientName ``ANONYMOUS``, PatientID ``medseg-synthetic``, no dates) and
+no patient identifiers (PatientName ``ANONYMOUS^``, PatientID ``medseg-synthetic``, no dates) and
 fresh UIDs. Slice k of the volume becomes file ``slice_<k>.dcm`` with its rows = array axis j and
 columns = array axis i, so :func:`medseg.io.dicom.read_dicom_series` gives back the same array and
 affine for any right-handed grid (the only kind DICOM stacks can express: the reader orders slices

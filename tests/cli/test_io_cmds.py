@@ -12,7 +12,6 @@ from medseg.io import Volume, write_volume
 from medseg.io.dicom_write import write_dicom_series
 from tests.io.helpers import oblique_affine
 
-pytestmark = pytest.mark.filterwarnings("ignore:The string \"ANONYMOUS\" is unlikely:UserWarning")
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_meta_and_files_carry_no_patient_identifiers(series):
     forbidden = ("patient", "birth", "study_date", "name")
     assert not [key for key in back.meta if any(word in key.lower() for word in forbidden)]
     ds = pydicom.dcmread(files[0])
-    assert str(ds.PatientName) == "ANONYMOUS" and ds.PatientID == "medseg-synthetic"
+    assert str(ds.PatientName) == "ANONYMOUS^" and ds.PatientID == "medseg-synthetic"
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
 

@@ -19,7 +19,6 @@ from medseg.io.dicom_write import write_dicom_series
 from medseg.io.geometry import LPS_TO_RAS, affine_from_lps, world_to_voxel
 from tests.io.helpers import oblique_affine
 
-pytestmark = pytest.mark.filterwarnings("ignore:The string \"ANONYMOUS\" is unlikely:UserWarning")  # dicom_write's PatientName
 
 LABELS = {1: "liver", 2: "tumour", 3: "kidney_left", 4: "spleen", 5: "mystery_blob"}
 
