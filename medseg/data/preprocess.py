@@ -231,48 +231,46 @@ def preprocess_volume(
     seg = None if case.label is None else np.ascontiguousarray(crop(case.label, bbox))
     cropped_affine = case.affine.copy()
     cropped_affine[:3, 3] = case.affine[:3, :3] @ np.array([lo for lo, _ in bbox], dtype=float) + case.affine[:3, 3]
+    image, used = _normalize_on(image, settings, device if seg is None else None)
+    cropped_shape = tuple(int(n) for n in image.shape[1:])
+    new_shape = new_shape_for_spacing(cropped_shape, case.spacing, target)
+    axis = separate_axis(case.spacing, target, settings.resampling.separate_axis_ratio)
+    image = _resample_image(image, new_shape, axis, settings)
+    class_locations: dict[int, list[list[int]]] = {}
+    if seg is not None:
+        seg = resample_label(seg, new_shape, settings.resampling.label, axis, settings.ignore_label)
+        foreground = [value for value in settings.labels if value != 0 and value != settings.ignore_label]
+        class_locations = sample_class_locations(seg, foreground, settings.class_locations_per_class, case_rng(settings.seed, case_id))
+    geometry = CaseGeometry(
+        original_shape=case.original_shape, original_affine=case.original_affine.tolist(), original_orientation=orientation_code(case.original_affine),
+        orientation_transform=case.transform.astype(int).tolist(), ras_shape=case.image.shape[1:], ras_affine=case.affine.tolist(),
+        crop_bbox=[tuple(pair) for pair in bbox], cropped_shape=cropped_shape, cropped_affine=cropped_affine.tolist(),
+        spacing_before=[float(s) for s in case.spacing], target_spacing=[float(s) for s in target],
+        spacing_after=[float(s * o / n) for s, o, n in zip(case.spacing, cropped_shape, new_shape)], resampled_shape=new_shape,
+        resampled_affine=resampled_affine(cropped_affine, cropped_shape, new_shape).tolist(), separate_axis=axis,
+    )
+    properties = CaseProperties(case_id=case_id, geometry=geometry, label_resampling=settings.resampling.label, normalization=used,
+                                class_locations=class_locations, classes_present=[k for k, v in class_locations.items() if v])
+    return PreprocessedCase(image, seg, properties)
+
+
+def _normalize_on(image: np.ndarray, settings, device):
+    """Normalise on the CPU, or on ``device`` (the image then becomes a tensor there)."""
     mask = nonzero_mask(image) if needs_nonzero_mask(settings.normalization) else None
-    if device is not None and seg is None:
+    if device is not None:
         import torch
 
         image = torch.from_numpy(np.ascontiguousarray(image)).to(device)
         mask = None if mask is None else torch.from_numpy(mask).to(device)
-    image, used = normalize(image, settings.normalization, mask)
+    return normalize(image, settings.normalization, mask)
 
-    spacing = case.spacing
-    cropped_shape = tuple(int(n) for n in image.shape[1:])
-    new_shape = new_shape_for_spacing(cropped_shape, spacing, target)
+
+def _resample_image(image, new_shape: tuple[int, ...], axis: int | None, settings):
     resampling = settings.resampling
-    axis = separate_axis(spacing, target, resampling.separate_axis_ratio)
+    options = dict(axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
     if isinstance(image, np.ndarray):
-        image = resample_channels(image, new_shape, "image", axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
-    else:
-        image = resample_image_torch(image, new_shape, axis=axis, image_order=resampling.image_order, out_of_plane_order=resampling.out_of_plane_order)
-    class_locations: dict[int, list[list[int]]] = {}
-    if seg is not None:
-        seg = resample_label(seg, new_shape, resampling.label, axis, settings.ignore_label)
-        foreground = [value for value in settings.labels if value != 0 and value != settings.ignore_label]
-        class_locations = sample_class_locations(seg, foreground, settings.class_locations_per_class, case_rng(settings.seed, case_id))
-    geometry = CaseGeometry(
-        original_shape=case.original_shape,
-        original_affine=case.original_affine.tolist(),
-        original_orientation=orientation_code(case.original_affine),
-        orientation_transform=case.transform.astype(int).tolist(),
-        ras_shape=case.image.shape[1:],
-        ras_affine=case.affine.tolist(),
-        crop_bbox=[tuple(pair) for pair in bbox],
-        cropped_shape=cropped_shape,
-        cropped_affine=cropped_affine.tolist(),
-        spacing_before=[float(s) for s in spacing],
-        target_spacing=[float(s) for s in target],
-        spacing_after=[float(s * o / n) for s, o, n in zip(spacing, cropped_shape, new_shape)],
-        resampled_shape=new_shape,
-        resampled_affine=resampled_affine(cropped_affine, cropped_shape, new_shape).tolist(),
-        separate_axis=axis,
-    )
-    properties = CaseProperties(case_id=case_id, geometry=geometry, label_resampling=resampling.label, normalization=used,
-                                class_locations=class_locations, classes_present=[k for k, v in class_locations.items() if v])
-    return PreprocessedCase(image, seg, properties)
+        return resample_channels(image, new_shape, "image", **options)
+    return resample_image_torch(image, new_shape, **options)
 
 
 # --- the inverse ---------------------------------------------------------------------------------

@@ -175,6 +175,39 @@ def _run_case(segmenter: Segmenter, prepared: PreparedCase | None, load_error: B
     return segmenter.predict_prepared(prepared, bar.advance_windows)
 
 
+def _run_cases(segmenter: Segmenter, cases: list[CaseSource], series: str | None, writer: _Writer, report: InferReport, progress: bool) -> None:
+    """Read the next case and write the last one while the current one is predicted; failures are per case."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch") as pool, InferProgress(progress, len(cases)) as bar:
+        warm = pool.submit(segmenter.warm_up) if segmenter.runtime.cuda and cases else None
+        submit = (lambda case: pool.submit(_load, segmenter, case, series)) if segmenter.config.prefetch else None
+        upcoming: Future | None = submit(cases[0]) if submit and cases else None
+        if warm is not None:
+            warm.result()
+        for index, case in enumerate(cases):
+            bar.start_case(case.name)
+            prepared, load_error = None, None
+            try:
+                prepared = upcoming.result() if upcoming is not None else _load(segmenter, case, series)
+            except Exception as error:  # this case failed to load; the next still runs
+                load_error = error
+            upcoming = submit(cases[index + 1]) if submit and index + 1 < len(cases) else None
+            try:
+                writer.submit(_run_case(segmenter, prepared, load_error, bar), case, series)
+            except KeyboardInterrupt:
+                raise
+            except Exception as error:  # reported per case; the batch goes on
+                if _is_memory_error(error):
+                    error = _memory_error(case.name, error, segmenter.runtime.device, segmenter.spec.sw_batch_size)
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                report.failed[case.name] = describe_error(error)
+                log.debug("traceback of %s", case.name, exc_info=error)
+            finally:
+                prepared = None
+            bar.finish_case()
+        writer.close()
+
+
 def infer(
     model: str | Path | LoadedModel,
     source: str | Path,
@@ -205,36 +238,7 @@ def infer(
     report = InferReport()
     cases = _select(discovery.cases, out, single_file, shard, skip_existing, report)
     segmenter.expected_cases = max(len(cases), 1)
-    writer = _Writer(segmenter, out, single_file, report)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch") as pool, InferProgress(progress, len(cases)) as bar:
-        warm = pool.submit(segmenter.warm_up) if segmenter.runtime.cuda and cases else None
-        submit = (lambda case: pool.submit(_load, segmenter, case, series)) if segmenter.config.prefetch else None
-        upcoming: Future | None = submit(cases[0]) if submit and cases else None
-        if warm is not None:
-            warm.result()
-        for index, case in enumerate(cases):
-            bar.start_case(case.name)
-            prepared, load_error = None, None
-            try:
-                prepared = upcoming.result() if upcoming is not None else _load(segmenter, case, series)
-            except Exception as error:  # this case failed to load; the next still runs
-                load_error = error
-            upcoming = submit(cases[index + 1]) if submit and index + 1 < len(cases) else None
-            try:
-                writer.submit(_run_case(segmenter, prepared, load_error, bar), case, series)
-            except KeyboardInterrupt:
-                raise
-            except Exception as error:  # reported per case; the batch goes on
-                if _is_memory_error(error):
-                    error = _memory_error(case.name, error, segmenter.runtime.device, segmenter.spec.sw_batch_size)
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                report.failed[case.name] = describe_error(error)
-                log.debug("traceback of %s", case.name, exc_info=error)
-            finally:
-                prepared = None
-            bar.finish_case()
-        writer.close()
+    _run_cases(segmenter, cases, series, _Writer(segmenter, out, single_file, report), report, progress)
     report.seconds = time.perf_counter() - started
     if not single_file:
         write_json(summary_path(out, shard), {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medseg.config import Section
 
@@ -51,3 +51,9 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(None, ge=1, description="also write the resume checkpoint every this many epochs (None: by time only)")
     checkpoint_minutes: float = Field(5.0, gt=0, description="write the resume checkpoint (checkpoint_last.pt) when this much time passed since the last one, and at the end")
     tensorboard: bool = True
+
+    @field_validator("fused_optimizer", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        """YAML reads unquoted on/off as booleans: accept them as "on"/"off"."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
