@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("medseg", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom", "SimpleITK", "onnxruntime", "highdicom")
+from medseg.versions import package_versions
 
 
 def shared_data_file(relative: str | Path) -> Path | None:
@@ -29,16 +28,6 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def _cpu_name() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from medseg.config import Section
 
@@ -72,25 +72,12 @@ class PlanConfig(Section):
     patch_size_2d: list[int] | None = Field(None, description="Force the 2D patch size.")
     batch_size_2d: int | None = Field(None, ge=1, description="Force the 2D batch size.")
 
-    @field_validator("target_spacing")
+    @field_validator("target_spacing", "patch_size_3d", "patch_size_2d")
     @classmethod
-    def _three_positive(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (len(value) != 3 or min(value) <= 0):
-            raise ValueError("target_spacing needs three positive values (mm)")
-        return value
-
-    @field_validator("patch_size_3d")
-    @classmethod
-    def _patch3(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 3 or min(value) < 1):
-            raise ValueError("patch_size_3d needs three positive integers")
-        return value
-
-    @field_validator("patch_size_2d")
-    @classmethod
-    def _patch2(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 2 or min(value) < 1):
-            raise ValueError("patch_size_2d needs two positive integers")
+    def _positive_sizes(cls, value: list | None, info: ValidationInfo) -> list | None:
+        length, what = {"target_spacing": (3, "values (mm)"), "patch_size_3d": (3, "integers"), "patch_size_2d": (2, "integers")}[info.field_name]
+        if value is not None and (len(value) != length or min(value) <= 0):
+            raise ValueError(f"{info.field_name} needs {'three' if length == 3 else 'two'} positive {what}")
         return value
 
 

@@ -49,10 +49,9 @@ def _ram_gb() -> float:
 
 
 def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from medseg.runtime import available_cores
+
+    return available_cores()
 
 
 def _detect_cuda() -> DeviceProfile | None:

@@ -290,21 +290,13 @@ def resample_3d(
     return result if is_label else result.astype(np.float32, copy=False)
 
 
-def resample_channels(
-    array: np.ndarray,
-    new_shape: Sequence[int],
-    kind: Kind,
-    *,
-    axis: int | None = None,
-    image_order: int = 3,
-    out_of_plane_order: int = 0,
-) -> np.ndarray:
-    """Channels-first ``(C, X, Y, Z)`` version of :func:`resample_3d` (images and probabilities)."""
+def resample_channels(array: np.ndarray, new_shape: Sequence[int], kind: Kind, **options: int | None) -> np.ndarray:
+    """Channels-first ``(C, X, Y, Z)`` version of :func:`resample_3d` (images and probabilities), same keywords."""
     if array.ndim != 4:
         raise ValueError(f"expected a channels-first 4D array, got shape {array.shape}")
     out = np.empty((array.shape[0], *new_shape), dtype=np.float32)
     for channel in range(array.shape[0]):
-        out[channel] = resample_3d(array[channel], new_shape, kind, axis=axis, image_order=image_order, out_of_plane_order=out_of_plane_order)
+        out[channel] = resample_3d(array[channel], new_shape, kind, **options)
     return out
 
 

@@ -4,8 +4,7 @@ deep-supervision list) and integer targets. Attributes load lazily so the config
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medseg._lazy import lazy_exports
 
 _EXPORTS = {
     "LossConfig": "medseg.losses.config",
@@ -18,8 +17,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medseg.losses' has no attribute '{name}'")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("medseg.losses", _EXPORTS)

@@ -8,8 +8,7 @@ Attributes load lazily so that importing :mod:`medseg.models.config` does not im
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medseg._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelConfig": "medseg.models.config",
@@ -26,8 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medseg.models' has no attribute '{name}'")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("medseg.models", _EXPORTS)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from medseg.versions import package_versions
 
 
 def git_sha(start: Path | None = None) -> str | None:
@@ -20,12 +21,7 @@ def git_sha(start: Path | None = None) -> str | None:
 
 
 def environment_report(device: torch.device) -> dict:
-    versions = {}
-    for package in ("medseg", "torch", "monai", "numpy", "scipy", "nibabel", "pydicom", "SimpleITK"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = package_versions()
     return {
         "git_sha": git_sha(),
         "python": platform.python_version(),
