@@ -6,6 +6,12 @@ name; objects without an image plane (SR, RTSTRUCT, DICOMDIR, presentation state
 Series are grouped by SeriesInstanceUID and numbered by (SeriesNumber, description, UID), so an
 index is stable for a given folder.
 
+Files without the marker (notes, thumbnails, random bytes) are skipped. A file *with* the marker
+whose header cannot be parsed is refused when a series is read: it may be one of its slices, and
+silently reading the series one slice short is worse than an error. Likewise an image without
+ImagePositionPatient/ImageOrientationPatient inside a series of placed slices is refused, naming
+it; only series made entirely of such images (secondary captures, screenshots) are skipped.
+
 Stacking, checks and geometry of classic slices live in :mod:`medseg.io.dicom_series`, Siemens
 mosaics in :mod:`medseg.io.dicom_mosaic`.
 """
@@ -13,6 +19,9 @@ mosaics in :mod:`medseg.io.dicom_mosaic`.
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +29,10 @@ import pydicom
 
 from medseg.errors import InputError
 from medseg.io.dicom_mosaic import is_mosaic, mosaic_tile_count, volume_from_mosaic
+from medseg.io.dicom_files import is_dicom_file
+from medseg.io.dicom_grid import Interpolation
 from medseg.io.dicom_series import transfer_syntax, volume_from_slices
-from medseg.io.readers import is_dicom_file
-from medseg.io.volume import Volume
+from medseg.io.volume import Role, Volume
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,7 @@ log = logging.getLogger(__name__)
 _HEADER_TAGS = [
     "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "Rows", "Columns",
     "ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "ImageType",
-    "SharedFunctionalGroupsSequence", (0x0019, 0x0010), (0x0019, 0x100A),
+    "SharedFunctionalGroupsSequence", "SOPClassUID", (0x0019, 0x0010), (0x0019, 0x100A),
 ]
 
 
@@ -50,6 +60,7 @@ class SeriesInfo:
     series_number: int | None = None
     mosaic_tiles: int | None = None  # slices per file for a Siemens mosaic, else None
     frames: int = 1  # >1: (enhanced) multi-frame objects
+    unplaced: int = 0  # images without ImagePositionPatient/ImageOrientationPatient (refused when read)
 
     def summary(self) -> str:
         """One-line description used in error messages and logs."""
@@ -63,10 +74,38 @@ class SeriesInfo:
 
 
 def _is_image_header(ds: pydicom.Dataset) -> bool:
-    if "Rows" not in ds or "Columns" not in ds:
-        return False
+    return "Rows" in ds and "Columns" in ds
+
+
+def _has_plane(ds: pydicom.Dataset) -> bool:
     has_plane = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
     return has_plane or "SharedFunctionalGroupsSequence" in ds
+
+
+def _image_expected(ds: pydicom.Dataset) -> bool:
+    """Whether a header without Rows/Columns should have had them: an Image Storage object, or one that says nothing."""
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    if not uid:
+        return True  # no SOP class at all: the header ends early (a truncated file)
+    return "Image Storage" in str(getattr(pydicom.uid.UID(str(uid)), "name", ""))
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """pydicom reports invalid values (e.g. a non-numeric DS) with ``warnings.warn`` and its logger; medseg refuses them itself.
+
+    Its logger is silenced here too: importing pydicom (lazily, after the CLI set up logging) resets it to WARNING.
+    """
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(max(level, logging.ERROR))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        pydicom_log.setLevel(level)
 
 
 def _frames(ds: pydicom.Dataset) -> int:
@@ -76,10 +115,39 @@ def _frames(ds: pydicom.Dataset) -> int:
         return 1
 
 
-def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[str, int]]:
+@dataclass
+class _Scan:
+    series: list[SeriesInfo]
+    skipped: dict[str, int]
+    unreadable: list[tuple[Path, str]]  # DICOM-marked files whose header does not parse
+
+
+def _header(path: Path) -> pydicom.Dataset:
+    with quiet_pydicom():
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+
+
+def _new_info(ds: pydicom.Dataset, uid: str) -> SeriesInfo:
+    number = ds.get("SeriesNumber")
+    return SeriesInfo(
+        uid=uid,
+        index=-1,
+        description=str(ds.get("SeriesDescription", "") or "").strip(),
+        modality=str(ds.get("Modality", "") or "").strip(),
+        slice_count=0,
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        series_number=int(number) if number not in (None, "") else None,
+        mosaic_tiles=mosaic_tile_count(ds, csa={}) if is_mosaic(ds) else None,
+        frames=_frames(ds),
+    )
+
+
+def _scan(folder: Path) -> _Scan:
     """Group the image files under ``folder`` by series; count what was skipped and why."""
     groups: dict[str, SeriesInfo] = {}
     skipped = {"not DICOM": 0, "no image plane": 0}
+    unreadable: list[tuple[Path, str]] = []
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue  # hidden files/folders, including our own atomic-write temporaries
@@ -87,39 +155,34 @@ def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[str, int]]:
             skipped["not DICOM"] += 1
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        except Exception as error:  # truncated or malformed headers: not usable, say so at debug level
-            log.debug("skipping %s: %s", path, error)
-            skipped["not DICOM"] += 1
+            ds = _header(path)
+            image = _is_image_header(ds) and int(ds.Rows) >= 0 and int(ds.Columns) >= 0  # int(): garbage sizes fail here
+        except Exception as error:  # truncated or malformed headers: refused if a series is read (see module docstring)
+            log.debug("unreadable DICOM header %s: %s", path, error)
+            unreadable.append((path, (str(error).strip().splitlines() or [type(error).__name__])[0][:160]))
             continue
-        if not _is_image_header(ds):
+        if not image and _image_expected(ds):
+            unreadable.append((path, "the header ends before Rows/Columns"))
+            continue
+        if not image:
             skipped["no image plane"] += 1
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip() or "(no SeriesInstanceUID)"
-        info = groups.get(uid)
-        if info is None:
-            number = ds.get("SeriesNumber")
-            info = groups[uid] = SeriesInfo(
-                uid=uid,
-                index=-1,
-                description=str(ds.get("SeriesDescription", "") or "").strip(),
-                modality=str(ds.get("Modality", "") or "").strip(),
-                slice_count=0,
-                rows=int(ds.Rows),
-                columns=int(ds.Columns),
-                series_number=int(number) if number not in (None, "") else None,
-                mosaic_tiles=mosaic_tile_count(ds, csa={}) if is_mosaic(ds) else None,
-                frames=_frames(ds),
-            )
+        if uid not in groups:
+            groups[uid] = _new_info(ds, uid)
+        info = groups[uid]
         info.files.append(path)
         info.slice_count += 1
+        info.unplaced += not _has_plane(ds)
         syntax = transfer_syntax(ds)
         if syntax and syntax not in info.transfer_syntaxes:
             info.transfer_syntaxes.append(syntax)
+    for uid in [uid for uid, info in groups.items() if info.unplaced == info.slice_count]:
+        skipped["no image plane"] += groups.pop(uid).slice_count  # no placed image at all: not a volume
     ordered = sorted(groups.values(), key=lambda s: (s.series_number is None, s.series_number or 0, s.description, s.uid))
     for index, info in enumerate(ordered):
         info.index = index
-    return ordered, skipped
+    return _Scan(ordered, skipped, unreadable)
 
 
 def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
@@ -127,7 +190,7 @@ def list_dicom_series(folder: str | Path) -> list[SeriesInfo]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "is not a folder")
-    return _scan(folder)[0]
+    return _scan(folder).series
 
 
 def _choices(series: list[SeriesInfo]) -> str:
@@ -153,11 +216,18 @@ def _select(series: list[SeriesInfo], choice: str | int | None, folder: Path) ->
 def select_series(folder: str | Path, series: str | int | None = None) -> SeriesInfo:
     """The one series of ``folder`` that ``series`` (UID or 0-based index; None when there is one) picks."""
     folder = Path(folder)
-    found, skipped = _scan(folder)
-    if not found:
-        seen = ", ".join(f"{count} {why}" for why, count in skipped.items() if count)
+    scan = _scan(folder)
+    if not scan.series:
+        seen = ", ".join(f"{count} {why}" for why, count in scan.skipped.items() if count)
+        if scan.unreadable:
+            seen = ", ".join(filter(None, [seen, f"{len(scan.unreadable)} unreadable DICOM"]))
         raise InputError(folder, f"no DICOM image series found ({seen or 'folder is empty'})")
-    return _select(found, series, folder)
+    if scan.unreadable:
+        path, detail = scan.unreadable[0]
+        more = f"; {len(scan.unreadable) - 1} more such file(s)" if len(scan.unreadable) > 1 else ""
+        raise InputError(path, f"not a readable DICOM file ({detail}); it may be a slice of the series, so the series is not read "
+                               f"without it (move it out of the folder to read the rest){more}")
+    return _select(scan.series, series, folder)
 
 
 def _read_full(path: Path) -> pydicom.Dataset:
@@ -168,7 +238,7 @@ def _read_full(path: Path) -> pydicom.Dataset:
         raise InputError(path, f"not a readable DICOM file ({detail})") from error
 
 
-def _volume_from_files(paths: list[Path], source: Path) -> Volume:
+def _volume_from_files(paths: list[Path], source: Path, interpolation: Interpolation = "linear") -> Volume:
     datasets = [_read_full(path) for path in paths]
     for path, ds in zip(paths, datasets):
         frames = _frames(ds)
@@ -185,27 +255,33 @@ def _volume_from_files(paths: list[Path], source: Path) -> Volume:
                 f"series holds {len(datasets)} Siemens mosaic files, one volume each (e.g. fMRI time points); read one file at a time",
             )
         return volume_from_mosaic(paths[0], datasets[0])
-    return volume_from_slices(paths, datasets, source)
+    return volume_from_slices(paths, datasets, source, interpolation)
 
 
-def read_dicom_series(path: str | Path, series: str | int | None = None) -> Volume:
+def read_dicom_series(path: str | Path, series: str | int | None = None, role: Role = "image") -> Volume:
     """Read one DICOM series (folder) or one DICOM file as a Volume in RAS world coordinates.
 
     ``path`` is a folder (searched recursively; ``series`` picks a series by UID or 0-based index
     when there are several) or a single file, read on its own (a Siemens mosaic or a lone slice).
-    Every refusal is an :class:`InputError` that names the problem (missing slices, uneven
-    spacing, gantry tilt, several volumes in one series, undecodable transfer syntax...).
+    Every refusal is an :class:`InputError` that names the problem and the file (missing slices,
+    a slice without position or orientation, several volumes in one series, undecodable transfer
+    syntax...). Gantry tilt and uneven spacing are resampled onto a regular grid (linear for
+    ``role="image"``, nearest for ``"label"``), logged and listed in ``meta['warnings']``.
     """
-    path = Path(path)
+    with quiet_pydicom():  # pydicom parses values lazily: keep its warnings off stderr for the whole read
+        return _read_series(Path(path), series, "nearest" if role == "label" else "linear")
+
+
+def _read_series(path: Path, series: str | int | None, interpolation: Interpolation) -> Volume:
     if not path.exists():
         raise InputError(path, "does not exist")
     if path.is_file():
-        volume = _volume_from_files([path], path)
+        volume = _volume_from_files([path], path, interpolation)
         if series is not None and str(series).strip() not in ("", "0", volume.meta.get("series_uid", "")):
             raise InputError(path, f"a single file holds one series: [0] {volume.meta.get('series_uid', '?')}; got --series {series}")
         return volume
     info = select_series(path, series)
     log.debug("reading DICOM series %s", info.summary())
-    volume = _volume_from_files(info.files, path)
+    volume = _volume_from_files(info.files, path, interpolation)
     volume.meta["series_index"] = info.index
     return volume

@@ -1,4 +1,4 @@
-"""Stack classic single-frame DICOM slices into one Volume, refusing anything that is not a regular grid.
+"""Stack classic single-frame DICOM slices into one Volume on a regular grid, refusing what cannot be placed.
 
 Why pydicom + pylibjpeg (and not SimpleITK/GDCM) decodes the pixels: one decoder path for every
 transfer syntax (raw, big-endian, RLE via pydicom; JPEG lossless, JPEG-LS, JPEG 2000 via the
@@ -12,12 +12,18 @@ columns are row_direction * PixelSpacing[1], column_direction * PixelSpacing[0] 
 normal * step (step measured from ImagePositionPatient, never SliceThickness); the origin is the
 first sorted slice's ImagePositionPatient. :func:`medseg.io.geometry.affine_from_lps` turns that
 into medseg's RAS affine.
+
+Refused, naming the file(s): a slice without a valid ImagePositionPatient/ImageOrientationPatient
+(never skipped), slices that differ in size/spacing/orientation, duplicate positions whose slices
+differ (several volumes), and missing slices (a gap of a whole number of usual steps; both files at
+the gap are named). Exact duplicate files are dropped with a warning. Gantry tilt and uneven
+spacing are not refused: :mod:`medseg.io.dicom_grid` resamples them (dcm2niix-style) with a
+warning that ends up in ``meta['warnings']`` (and so in the inference sidecar).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +31,7 @@ import numpy as np
 import pydicom
 
 from medseg.errors import InputError
+from medseg.io.dicom_grid import MAX_VOXEL_FACTOR, GridCorrection, Interpolation, RegularGrid, SliceStack, grid_growth, plan_grid, resample_stack
 from medseg.io.geometry import affine_from_lps
 from medseg.io.volume import Volume
 
@@ -74,8 +81,23 @@ def check_pixel_format(ds: pydicom.Dataset, path: Path) -> None:
         )
 
 
+def _check_native_length(ds: pydicom.Dataset, path: Path) -> None:
+    """Uncompressed pixel data must hold what Rows x Columns x BitsAllocated declare, checked before any decoding."""
+    syntax = transfer_syntax(ds)
+    data = ds.get("PixelData")
+    if not syntax or data is None or pydicom.uid.UID(syntax).is_compressed or ds.get("BitsAllocated") in (None, ""):
+        return
+    rows, columns, bits = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(ds.BitsAllocated)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    needed = (rows * columns * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits + 7) // 8
+    if len(data) < needed:
+        raise InputError(path, f"pixel data holds {len(data)} bytes but Rows x Columns x BitsAllocated ({rows} x {columns} x {bits}) "
+                               f"need {needed}: truncated file or wrong image size in the header")
+
+
 def decode_pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     """Stored pixel values (rows, columns) in native byte order, sign already applied by pydicom."""
+    _check_native_length(ds, path)
     try:
         pixels = ds.pixel_array
     except Exception as error:  # missing plugin, corrupt stream, truncated file...
@@ -120,15 +142,28 @@ def rescaled_stack(slices: list[np.ndarray], slopes: list[float], intercepts: li
     return out
 
 
+def _numbers(ds: pydicom.Dataset, tag: str, count: int, path: Path, why: str) -> np.ndarray:
+    """``count`` finite numbers from a DS element, or a refusal naming the file and the tag."""
+    value = ds.get(tag)
+    if value is None or value == "":
+        raise InputError(path, f"no {tag}: {why}")
+    values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    try:
+        numbers = np.asarray([float(v) for v in values], dtype=float)
+    except (TypeError, ValueError):
+        numbers = np.asarray([])
+    if numbers.size != count or not np.isfinite(numbers).all():
+        shown = "\\".join(str(v) for v in values)[:80]
+        raise InputError(path, f"{tag} '{shown}' is not {count} finite numbers: {why}")
+    return numbers
+
+
 def plane_geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unit row direction, column direction, slice normal (LPS) and PixelSpacing (row, column) of a slice."""
-    iop = ds.get("ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
-        raise InputError(path, "no valid ImageOrientationPatient: cannot place the image in world space")
-    spacing = ds.get("PixelSpacing")
-    if spacing is None or len(spacing) != 2 or min(float(v) for v in spacing) <= 0:
-        raise InputError(path, "no valid PixelSpacing: cannot place the image in world space")
-    iop = np.asarray([float(v) for v in iop])
+    iop = _numbers(ds, "ImageOrientationPatient", 6, path, "cannot place the image in world space")
+    spacing = _numbers(ds, "PixelSpacing", 2, path, "cannot place the image in world space")
+    if spacing.min() <= 0:
+        raise InputError(path, f"PixelSpacing {spacing.tolist()} is not positive: cannot place the image in world space")
     row, column = iop[:3], iop[3:]
     for name, vector in (("row", row), ("column", column)):
         if abs(np.linalg.norm(vector) - 1.0) > 1e-2:
@@ -137,14 +172,27 @@ def plane_geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndar
     if abs(float(row @ column)) > 1e-3:
         raise InputError(path, f"ImageOrientationPatient row and column vectors are not perpendicular (cosine {row @ column:.4f})")
     normal = np.cross(row, column)
-    return row, column, normal / np.linalg.norm(normal), np.asarray([float(v) for v in spacing])
+    return row, column, normal / np.linalg.norm(normal), spacing
 
 
 def _position(ds: pydicom.Dataset, path: Path) -> np.ndarray:
-    ipp = ds.get("ImagePositionPatient")
-    if ipp is None or len(ipp) != 3:
-        raise InputError(path, "no valid ImagePositionPatient: cannot place the slice in world space")
-    return np.asarray([float(v) for v in ipp])
+    return _numbers(ds, "ImagePositionPatient", 3, path, "cannot place the slice in world space")
+
+
+def _named(path: Path, source: Path) -> str:
+    """A file as messages name it: relative to the series folder when inside it."""
+    try:
+        return str(path.relative_to(source)) if path != source else path.name
+    except ValueError:
+        return path.name
+
+
+def _check_placed(datasets: list[pydicom.Dataset], paths: list[Path]) -> None:
+    """Every slice must carry its own plane and position: one that cannot be placed is refused, never skipped."""
+    others = f" (the other {len(paths) - 1} slice(s) of the series have one)" if len(paths) > 1 else ""
+    for path, ds in zip(paths, datasets):
+        _numbers(ds, "ImageOrientationPatient", 6, path, f"cannot place the slice in world space{others}")
+        _numbers(ds, "ImagePositionPatient", 3, path, f"cannot place the slice in world space{others}")
 
 
 def _check_consistent(datasets: list[pydicom.Dataset], paths: list[Path], source: Path) -> None:
@@ -166,80 +214,73 @@ def _check_consistent(datasets: list[pydicom.Dataset], paths: list[Path], source
         if len(counts) > 1:
             odd = next(p for p, v in zip(paths, values) if v != counts.most_common(1)[0][0])
             listed = ", ".join(f"{value} in {count} file(s)" for value, count in counts.most_common(4))
-            raise InputError(source, f"slices differ in {name} ({listed}; e.g. {odd.name}): not one volume (mixed stacks or a localizer?)")
+            raise InputError(source, f"slices differ in {name} ({listed}; e.g. {_named(odd, source)}): not one volume (mixed stacks or a localizer?)")
 
 
-def _check_duplicates(positions: np.ndarray, order: np.ndarray, datasets, source: Path) -> None:
-    steps = np.diff(positions[order])
-    same = steps < DUPLICATE_TOLERANCE_MM
-    if not same.any():
-        return
-    unique = len(positions) - int(same.sum())
-    first = int(np.argmax(same))
-    a, b = datasets[order[first]], datasets[order[first + 1]]
-    differing = [tag for tag in _VOLUME_TAGS if str(a.get(tag, "")) != str(b.get(tag, ""))]
-    hint = f"; they differ in {', '.join(differing)}" if differing else ""
-    raise InputError(
-        source,
-        f"duplicate slice positions: {len(positions)} slices at only {unique} distinct positions (e.g. two at "
-        f"{_fmt(positions[order[first]])} mm along the normal{hint}), so the series holds several volumes "
-        "(echoes, time points, phases...); split it into one folder per volume",
-    )
+def _same_slice(a: pydicom.Dataset, b: pydicom.Dataset, ipp_a: np.ndarray, ipp_b: np.ndarray) -> bool:
+    """Two files holding the very same slice: same origin, pixel bytes, rescale and volume-telling tags."""
+    if np.linalg.norm(ipp_a - ipp_b) > DUPLICATE_TOLERANCE_MM or rescale_of(a) != rescale_of(b):
+        return False
+    if any(str(a.get(tag, "")) != str(b.get(tag, "")) for tag in _VOLUME_TAGS):
+        return False
+    return a.get("PixelData") is not None and a.get("PixelData") == b.get("PixelData")
 
 
-def _check_spacing(positions: np.ndarray, source: Path) -> float:
-    """Uniform slice step (mm) from positions sorted along the normal, or a refusal saying what is wrong."""
+def _drop_identical_duplicates(paths, datasets, ipps, positions, source: Path) -> tuple[list[int], list[str]]:
+    """Indices (sorted along the normal) to keep, and notes on dropped copies; differing duplicates are refused."""
+    keep, notes = [0], []
+    for k in range(1, len(paths)):
+        last = keep[-1]
+        if positions[k] - positions[last] >= DUPLICATE_TOLERANCE_MM:
+            keep.append(k)
+            continue
+        if _same_slice(datasets[last], datasets[k], ipps[last], ipps[k]):
+            notes.append(f"{_named(paths[k], source)} duplicates {_named(paths[last], source)}")
+            continue
+        a, b = datasets[last], datasets[k]
+        differing = [tag for tag in _VOLUME_TAGS if str(a.get(tag, "")) != str(b.get(tag, ""))]
+        hint = f"; they differ in {', '.join(differing)}" if differing else ""
+        unique = len(positions) - int((np.diff(positions) < DUPLICATE_TOLERANCE_MM).sum())
+        raise InputError(
+            source,
+            f"duplicate slice positions: {len(positions)} slices at only {unique} distinct positions (e.g. "
+            f"{_named(paths[last], source)} and {_named(paths[k], source)} both at {_fmt(positions[k])} mm along the normal"
+            f"{hint}), so the series holds several volumes (echoes, time points, phases...); split it into one folder per volume",
+        )
+    return keep, notes
+
+
+def _check_gaps(positions: np.ndarray, paths: list[Path], source: Path) -> None:
+    """Refuse missing slices: a gap that is a whole multiple (>= 2) of the usual step, both neighbours named."""
     steps = np.diff(positions)
     usual = float(np.sort(steps)[(len(steps) - 1) // 2])  # lower median: robust to a single gap
     tolerance = spacing_tolerance(usual)
-    gaps = np.flatnonzero(steps > 1.5 * usual)
-    if gaps.size:
-        worst = int(gaps[np.argmax(steps[gaps])])
-        gap = float(steps[worst])
-        multiple = round(gap / usual)
-        where = f"between slice positions {_fmt(positions[worst])} and {_fmt(positions[worst + 1])} mm along the normal"
-        count = f" ({gaps.size} gaps in all)" if gaps.size > 1 else ""
-        if abs(gap - multiple * usual) <= tolerance * multiple:
-            raise InputError(
-                source,
-                f"missing slices: a gap of {_fmt(gap)} mm {where}, about {multiple - 1} missing slice(s) at the usual "
-                f"{_fmt(usual)} mm step{count}",
-            )
-        raise InputError(
-            source,
-            f"non-uniform slice spacing: a gap of {_fmt(gap)} mm {where}, not a whole multiple of the usual "
-            f"{_fmt(usual)} mm step{count}",
-        )
-    step = float((positions[-1] - positions[0]) / (len(positions) - 1))
-    deviation = positions - (positions[0] + step * np.arange(len(positions)))
-    worst = int(np.argmax(np.abs(deviation)))
-    if abs(deviation[worst]) > spacing_tolerance(step):
-        raise InputError(
-            source,
-            f"non-uniform slice spacing: steps range from {_fmt(steps.min())} to {_fmt(steps.max())} mm; the slice at "
-            f"{_fmt(positions[worst])} mm along the normal is {_fmt(abs(deviation[worst]))} mm off a uniform "
-            f"{_fmt(step)} mm grid",
-        )
-    return step
-
-
-def _check_tilt(ipps: np.ndarray, normal: np.ndarray, pixel_spacing: np.ndarray, tilt_tag, source: Path) -> None:
-    """Slice origins must move along the normal; sideways drift is gantry tilt (a sheared grid)."""
-    offsets = ipps - ipps[0]
-    along = offsets @ normal
-    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
-    tolerance = max(0.01, 0.05 * float(pixel_spacing.min()))
-    worst = int(np.argmax(sideways))
-    if sideways[worst] <= tolerance:
+    gaps = [k for k in np.flatnonzero(steps > 1.5 * usual)
+            if abs(steps[k] - round(steps[k] / usual) * usual) <= tolerance * round(steps[k] / usual)]
+    if not gaps:
         return
-    angle = math.degrees(math.atan2(sideways[-1], abs(along[-1]))) if len(along) > 1 else 0.0
-    tag = f", GantryDetectorTilt {float(tilt_tag):g} deg" if tilt_tag not in (None, "") else ""
+    worst = max(gaps, key=lambda k: steps[k])
+    gap = float(steps[worst])
+    count = f" ({len(gaps)} gaps in all)" if len(gaps) > 1 else ""
     raise InputError(
         source,
-        f"gantry tilt: slice positions drift {_fmt(sideways[-1])} mm sideways over {_fmt(abs(along[-1]))} mm instead of "
-        f"following the slice normal (about {angle:.2f} deg{tag}); tilted (sheared) series are not supported, "
-        "resample it with a tilt-correcting converter such as dcm2niix first",
+        f"missing slices: a gap of {_fmt(gap)} mm between slice positions {_fmt(positions[worst])} and "
+        f"{_fmt(positions[worst + 1])} mm along the normal (files {_named(paths[worst], source)} and "
+        f"{_named(paths[worst + 1], source)}), about {round(gap / usual) - 1} missing slice(s) at the usual "
+        f"{_fmt(usual)} mm step{count}",
     )
+
+
+def uniform_step(positions: np.ndarray) -> float | None:
+    """The slice step when positions (ascending) lie on a uniform grid within rounding noise, else None."""
+    step = float((positions[-1] - positions[0]) / (len(positions) - 1))
+    deviation = positions - (positions[0] + step * np.arange(len(positions)))
+    return step if np.abs(deviation).max() <= spacing_tolerance(step) else None
+
+
+def _is_tilted(stack: SliceStack) -> bool:
+    """Slice origins must move along the normal; sideways drift beyond rounding is gantry tilt (a sheared grid)."""
+    return float(stack.sideways_mm().max()) > max(0.01, 0.05 * float(stack.pixel_spacing.min()))
 
 
 def single_slice_step(ds: pydicom.Dataset) -> tuple[float, str]:
@@ -269,38 +310,103 @@ def series_meta(ds: pydicom.Dataset, syntaxes: list[str], slice_count: int) -> d
     return meta
 
 
-def volume_from_slices(paths: list[Path], datasets: list[pydicom.Dataset], source: Path) -> Volume:
-    """Sort, check and stack single-frame slices of one series into a Volume (see module docstring)."""
+def _sorted_slices(paths, datasets, source: Path) -> tuple[list[Path], list[pydicom.Dataset], SliceStack, list[str]]:
+    """Checked slices in increasing position along the normal, their geometry, and notes on dropped copies."""
+    _check_placed(datasets, paths)
     for path, ds in zip(paths, datasets):
         check_pixel_format(ds, path)
     _check_consistent(datasets, paths, source)
     row, column, normal, pixel_spacing = plane_geometry(datasets[0], paths[0])
     ipps = np.stack([_position(ds, path) for path, ds in zip(paths, datasets)])
-    positions = ipps @ normal
-    order = np.argsort(positions, kind="stable")
-    _check_duplicates(positions, order, datasets, source)
-    paths = [paths[i] for i in order]
-    datasets = [datasets[i] for i in order]
-    ipps, positions = ipps[order], positions[order]
-    if len(datasets) > 1:
-        step = _check_spacing(positions, source)
-        _check_tilt(ipps, normal, pixel_spacing, datasets[0].get("GantryDetectorTilt"), source)
-        step_source = "ImagePositionPatient"
-    else:
-        step, step_source = single_slice_step(datasets[0])
+    order = np.argsort(ipps @ normal, kind="stable")
+    paths, datasets, ipps = [paths[i] for i in order], [datasets[i] for i in order], ipps[order]
+    keep, notes = _drop_identical_duplicates(paths, datasets, ipps, ipps @ normal, source)
+    paths, datasets, ipps = [paths[i] for i in keep], [datasets[i] for i in keep], ipps[keep]
+    stack = SliceStack(row, column, normal, pixel_spacing, ipps, int(datasets[0].Columns), int(datasets[0].Rows))
+    return paths, datasets, stack, notes
+
+
+def _regular_grid(stack: SliceStack, step: float | None, tilted: bool, source: Path, tilt_tag) -> RegularGrid:
+    grid = plan_grid(stack, step, tilted)
+    growth = grid_growth(stack, grid)
+    if growth > MAX_VOXEL_FACTOR:
+        raise InputError(
+            source,
+            f"slice positions do not form one stack: a regular grid covering them would hold {growth:.0f} times the "
+            f"series' voxels (positions drift {_fmt(stack.sideways_mm().max())} mm sideways, {stack.tilt_deg():.1f} deg"
+            f"{_tag_text(tilt_tag)}; steps {_fmt(np.diff(stack.positions).min())} to {_fmt(np.diff(stack.positions).max())} mm)",
+        )
+    return grid
+
+
+def _tag_text(tilt_tag) -> str:
+    return f", GantryDetectorTilt {float(tilt_tag):g} deg" if tilt_tag not in (None, "") else ""
+
+
+def _tilt_tag(ds: pydicom.Dataset) -> float | None:
+    try:
+        value = ds.get("GantryDetectorTilt")
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _correction(stack: SliceStack, grid: RegularGrid, step: float | None, tilted: bool, tilt_tag,
+                interpolation: Interpolation) -> GridCorrection:
+    steps = np.diff(stack.positions)
+    return GridCorrection(
+        tilt_deg=stack.tilt_deg() if tilted else None, sideways_mm=float(stack.sideways_mm().max()),
+        steps_mm=None if step is not None else (float(steps.min()), float(steps.max())), spacing_mm=grid.step,
+        source_shape=(stack.columns, stack.rows, len(stack.ipps)), shape=grid.shape, interpolation=interpolation,
+        tilt_tag_deg=tilt_tag)
+
+
+def _stack_pixels(paths: list[Path], datasets: list[pydicom.Dataset]) -> np.ndarray:
+    """Decoded, rescaled (column, row, slice) array of the sorted slices."""
     slices = [decode_pixels(ds, path) for path, ds in zip(paths, datasets)]
     for path, pixels in zip(paths, slices):
         if pixels.ndim != 2:
             raise InputError(path, f"expected one 2D frame, decoded an array of shape {pixels.shape}")
     slopes, intercepts = zip(*(rescale_of(ds) for ds in datasets))
-    array = rescaled_stack(slices, list(slopes), list(intercepts))
-    spacing = (pixel_spacing[1], pixel_spacing[0], step)
-    affine = affine_from_lps(spacing, ipps[0], np.column_stack([row, column, normal]))
+    return rescaled_stack(slices, list(slopes), list(intercepts))
+
+
+def volume_from_slices(paths: list[Path], datasets: list[pydicom.Dataset], source: Path, interpolation: Interpolation = "linear") -> Volume:
+    """Sort, check and stack single-frame slices of one series into a Volume (see module docstring).
+
+    Gantry-tilted or unevenly spaced stacks are resampled onto a regular orthogonal grid
+    (:mod:`medseg.io.dicom_grid`) with a WARNING; ``meta['warnings']`` says what was done.
+    ``interpolation="nearest"`` for label series.
+    """
+    paths, datasets, stack, notes = _sorted_slices(paths, datasets, source)
+    step, tilted, tilt_tag, grid = None, False, _tilt_tag(datasets[0]), None
+    if len(datasets) > 1:
+        _check_gaps(stack.positions, paths, source)
+        step, tilted = uniform_step(stack.positions), _is_tilted(stack)
+        step_source = "ImagePositionPatient"
+        if tilted or step is None:  # planned (and refused if absurd) before any pixel is decoded
+            grid = _regular_grid(stack, step, tilted, source, tilt_tag)
+    else:
+        step, step_source = single_slice_step(datasets[0])
+    array = _stack_pixels(paths, datasets)
     meta = series_meta(datasets[0], [transfer_syntax(ds) for ds in datasets], len(datasets))
     meta["slice_spacing_source"] = step_source
-    tilt = datasets[0].get("GantryDetectorTilt")
-    if tilt not in (None, "") and abs(float(tilt)) > 0.01:
-        # Positions follow the normal, so the tilt is already in ImageOrientationPatient: nothing to undo.
-        meta["gantry_detector_tilt_deg"] = float(tilt)
-    log.debug("stacked %d slices from %s: shape %s, step %.4f mm", len(datasets), source, array.shape, step)
+    if notes:
+        notes = [f"dropped {len(notes)} duplicate file(s) holding the same slice as another: {'; '.join(notes[:5])}"]
+    if grid is not None:
+        array, affine = resample_stack(array, grid, interpolation), grid.affine
+        correction = _correction(stack, grid, step, tilted, tilt_tag, interpolation)
+        meta["geometry_correction"] = correction.as_meta()
+        notes += correction.messages()
+    else:
+        spacing = (stack.pixel_spacing[1], stack.pixel_spacing[0], step)
+        affine = affine_from_lps(spacing, stack.ipps[0], np.column_stack([stack.row, stack.column, stack.normal]))
+    for note in notes:
+        log.warning("%s: %s", source, note)
+    if notes:
+        meta["warnings"] = notes
+    if tilt_tag is not None and abs(tilt_tag) > 0.01:
+        # Positions following the normal already fold the tilt into ImageOrientationPatient: nothing to undo then.
+        meta["gantry_detector_tilt_deg"] = tilt_tag
+    log.debug("stacked %d slices from %s: shape %s, step %s mm", len(datasets), source, array.shape, step)
     return Volume(array, affine, "image", meta)

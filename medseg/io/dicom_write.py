@@ -8,6 +8,10 @@ affine for any right-handed grid (the only kind DICOM stacks can express: the re
 along row x column). A left-handed grid comes back with its slice axis reversed: the same voxels at
 the same world points, indexed the other way.
 
+``slice_origins`` places each slice explicitly (world RAS position of its first voxel), which is
+how tests build gantry-tilted or unevenly spaced series: the affine then only gives the in-plane
+axes and spacing, and the slice normal (row x column).
+
 Values are stored as 16-bit integers with RescaleSlope/Intercept; integer-valued data round-trip
 exactly, non-integer data are quantised to the slope (the worst error is logged).
 """
@@ -27,7 +31,7 @@ from pydicom.valuerep import format_number_as_ds
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.geometry import is_orthogonal, lps_from_affine
-from medseg.io.readers import is_dicom_file
+from medseg.io.dicom_files import is_dicom_file
 from medseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -90,12 +94,14 @@ def write_dicom_series(
     rescale_slope: float | None = None,
     series_number: int = 1,
     overwrite: bool = False,
+    slice_origins=None,
 ) -> list[Path]:
     """Write ``volume`` as one DICOM file per slice in ``folder``; return the paths in slice order.
 
     ``rescale_intercept`` defaults to -1024 for CT (HU -1024 stored as 0) and 0 for MR;
     ``rescale_slope`` defaults to 1 for integer data that fit 16 bits, else to a slope covering
-    the value range. Each file is written atomically.
+    the value range. ``slice_origins`` (one RAS point per slice) overrides where each slice lies.
+    Each file is written atomically.
     """
     folder = Path(folder)
     modality = modality.upper()
@@ -105,11 +111,12 @@ def write_dicom_series(
         raise InputError(folder, f"can only write a 3D volume as a DICOM series, got shape {volume.array.shape}")
     if not is_orthogonal(volume.affine):
         raise InputError(folder, "cannot write a sheared grid (e.g. gantry tilt) as a DICOM series: slices must stack along their normal")
+    positions = _slice_positions(volume, slice_origins, folder)
     intercept = float(rescale_intercept if rescale_intercept is not None else (-1024.0 if modality == "CT" else 0.0))
     stored, representation, slope = _storage(volume.array, rescale_slope, intercept, folder)
 
-    spacing, origin, direction = lps_from_affine(volume.affine)
-    row, column, slice_direction = direction[:, 0], direction[:, 1], direction[:, 2]
+    spacing, _, direction = lps_from_affine(volume.affine)
+    row, column = direction[:, 0], direction[:, 1]
     normal = np.cross(row, column)
     columns, rows, count = volume.shape
     study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
@@ -118,7 +125,7 @@ def write_dicom_series(
 
     written: list[Path] = []
     for k in range(count):
-        position = origin + k * spacing[2] * slice_direction
+        position = positions[k]
         ds = _slice_dataset(modality, series_description, series_number, study_uid, series_uid, frame_uid)
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = _ds(position)
@@ -141,6 +148,22 @@ def write_dicom_series(
             path.unlink()
     log.debug("wrote %d-slice %s DICOM series to %s", count, modality, folder)
     return written
+
+
+def _slice_positions(volume: Volume, slice_origins, folder: Path) -> np.ndarray:
+    """LPS ImagePositionPatient of every slice: along the affine's slice axis, or the given RAS origins."""
+    if slice_origins is None:
+        spacing, origin, direction = lps_from_affine(volume.affine)
+        return origin + np.arange(volume.shape[2])[:, None] * spacing[2] * direction[:, 2]
+    origins = np.asarray(slice_origins, dtype=float)
+    if origins.shape != (volume.shape[2], 3):
+        raise InputError(folder, f"slice_origins must be one RAS point per slice ({volume.shape[2]}, 3), got {origins.shape}")
+    placed = np.array(volume.affine, dtype=float)
+    positions = []
+    for point in origins:  # the LPS conversion belongs to geometry: move the affine's origin and ask it
+        placed[:3, 3] = point
+        positions.append(lps_from_affine(placed)[1])
+    return np.asarray(positions)
 
 
 def _slice_dataset(modality: str, description: str, series_number: int, study_uid: str, series_uid: str, frame_uid: str) -> pydicom.Dataset:

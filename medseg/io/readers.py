@@ -16,6 +16,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import atomic_path, full_suffix
+from medseg.io.dicom_files import is_dicom_file  # re-exported: callers import it from here
 from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
 from medseg.io.volume import Role, Volume, label_dtype
@@ -24,16 +25,6 @@ log = logging.getLogger(__name__)
 
 WRITABLE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha", ".mhd")
 READABLE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".dcm",)
-
-
-def is_dicom_file(path: Path) -> bool:
-    """DICOM Part 10 files carry ``DICM`` at byte 128, whatever their name."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _one_line(error: BaseException) -> str:
@@ -120,7 +111,7 @@ def read_volume(path: str | Path, role: Role = "image", series: str | int | None
     if path.is_dir():
         from medseg.io.dicom import read_dicom_series
 
-        volume = read_dicom_series(path, series=series)
+        volume = read_dicom_series(path, series=series, role=role)
     else:
         size = path.stat().st_size
         if size == 0:

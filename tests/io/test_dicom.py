@@ -152,30 +152,35 @@ def test_two_series_need_a_choice_listing_both(tmp_path, rng):
         read_dicom_series(tmp_path, series="7")
 
 
-def test_missing_slice_is_refused_with_the_gap(series):
+def test_missing_slice_is_refused_with_the_gap_and_both_neighbours(series):
     _, folder, files = series
     files[4].unlink()
-    with pytest.raises(InputError, match=r"missing slices: a gap of 5 mm .*about 1 missing slice\(s\) at the usual 2.5 mm step"):
+    with pytest.raises(InputError, match=r"missing slices: a gap of 5 mm .*\(files slice_0003.dcm and slice_0005.dcm\), "
+                                         r"about 1 missing slice\(s\) at the usual 2.5 mm step"):
         read_volume(folder)
 
 
-def test_non_uniform_spacing_is_refused(series):
+def test_non_uniform_spacing_is_resampled_not_refused(series):
     volume, folder, files = series
     normal = geometry.lps_from_affine(volume.affine)[2][:, 2]
-    moved = positions(files)[3] + 0.8 * normal  # 0.8 mm off a 2.5 mm grid
+    moved = positions(files)[3] + 0.8 * normal  # 0.8 mm off a 2.5 mm grid: steps 3.3 and 1.7 mm
     edit(files[3], ImagePositionPatient=[f"{v:.6f}" for v in moved])
-    with pytest.raises(InputError, match="non-uniform slice spacing"):
-        read_dicom_series(folder)
+    back = read_dicom_series(folder)
+    assert back.shape[:2] == SHAPE[:2] and back.shape[2] > SHAPE[2] and back.spacing[2] <= 1.7 + 1e-6
+    assert "variable slice spacing (1.7 to 3.3 mm" in back.meta["warnings"][0]
+    assert np.allclose(back.origin, volume.origin, atol=1e-4)  # first slice stays where it was
 
 
-def test_gantry_tilt_is_refused(series):
+def test_gantry_tilt_is_resampled_not_refused(series):
     volume, folder, files = series
     column = geometry.lps_from_affine(volume.affine)[2][:, 1]
     for k, (path, position) in enumerate(zip(files, positions(files))):
         shifted = position + k * 0.3 * column  # slices slide along the column direction: a tilted gantry
         edit(path, ImagePositionPatient=[f"{v:.6f}" for v in shifted], GantryDetectorTilt="6.8")
-    with pytest.raises(InputError, match=r"gantry tilt: .*GantryDetectorTilt 6.8 deg"):
-        read_dicom_series(folder)
+    back = read_dicom_series(folder)
+    assert geometry.is_orthogonal(back.affine) and back.shape == (SHAPE[0], SHAPE[1] + 3, SHAPE[2])
+    assert "gantry tilt of 6.84 deg" in back.meta["warnings"][0] and "GantryDetectorTilt 6.8 deg" in back.meta["warnings"][0]
+    assert back.meta["gantry_detector_tilt_deg"] == 6.8
 
 
 def test_tilt_tag_alone_is_accepted_when_positions_follow_the_normal(series):
@@ -192,7 +197,8 @@ def test_duplicate_positions_are_refused_as_several_volumes(series):
     ds.SOPInstanceUID = generate_uid()
     ds.EchoNumbers = 2
     ds.save_as(folder / "second_echo.dcm")
-    with pytest.raises(InputError, match=r"duplicate slice positions: 10 slices at only 9 distinct positions.*EchoNumbers"):
+    with pytest.raises(InputError, match=r"duplicate slice positions: 10 slices at only 9 distinct positions \(e.g. "
+                                         r"second_echo.dcm and slice_0002.dcm both at .*EchoNumbers"):
         read_dicom_series(folder)
 
 
