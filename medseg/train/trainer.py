@@ -42,7 +42,7 @@ from medseg.train.loader import PatchSampling, PatchStream, default_workers, mak
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
 from medseg.train.schedule import learning_rate, training_progress
-from medseg.train.splits import fold_cases
+from medseg.train.splits import TRAINING_CASES, fold_cases
 from medseg.train.step import TrainStep, make_optimizer
 from medseg.train.validate import PatchDice, validate_volumes
 
@@ -89,6 +89,9 @@ class Trainer:
         self.classes = self.plan.foreground_labels
         self.in_channels = self.plan.num_channels
         self.train_ids, self.val_ids, self.val_kind = fold_cases(self.cache_dir, cached_case_ids(self.cache_dir), train)
+        if self.val_kind == TRAINING_CASES:
+            log.warning("fold all: training on all %d cases; validation runs on %s, so its scores say nothing about unseen data",
+                        len(self.train_ids), TRAINING_CASES)
         device = resolve_device(train.device, self.dist.local_rank, "train.device")
         cores = max(1, available_cores() // max(self.dist.world_size, 1))
         self.workers = train.num_workers if train.num_workers is not None else default_workers(device, cores)
@@ -315,7 +318,7 @@ class Trainer:
         write_json(self.run_dir / "summary.json", {
             "fold": self.config.train.fold, "configuration": self.configuration.name, "epochs": counters.epoch, "iterations": counters.iteration,
             "minutes": counters.elapsed_s / 60, "stopped_by_time": stopped_by_time, "best_ema_dice": counters.best_ema,
-            "validation_kind": self.val_kind,
+            "validation": self.val_kind, "validation_cases": len(self.val_ids),
             "final_validation": None if validation is None else {self.labels[k]: v for k, v in validation["dice"].items()},
             "final_mean_dice": None if validation is None else validation["mean_dice"],
         })

@@ -94,7 +94,7 @@ def validate_volumes(
     runtime: Runtime,
     num_outputs: int,
     *,
-    kind: str = "held-out fold",
+    kind: str = "held-out fold",  # the trainer passes what fold_cases says: 'held-out fold K' or 'training cases (fold all)' 
     to_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ignore_label: int | None = None,
 ) -> dict[str, object]:
