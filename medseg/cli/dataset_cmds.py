@@ -50,18 +50,83 @@ def check(
     problems = check_dataset(directory, workers=workers)
     if as_json:
         typer.echo(json.dumps([problem.to_dict() for problem in problems], indent=2))
-    elif problems:
-        table = Table(title=f"{len(problems)} problem(s) in {directory}")
-        for column in ("severity", "case", "check", "problem", "file"):
-            table.add_column(column, overflow="fold")
-        for problem in sorted(problems, key=lambda p: (p.severity != "error", p.case, p.check)):
-            style = "red" if problem.severity == "error" else "yellow"
-            table.add_row(f"[{style}]{problem.severity}[/]", problem.case, problem.check, problem.message, Path(problem.path).name if problem.path else "")
-        console.print(table)
     else:
-        console.print(f"[green]OK[/]: {directory} has no problems")
+        print_problems(problems, directory)
     if has_errors(problems):
         raise typer.Exit(code=1)
+
+
+def print_problems(problems, directory: Path) -> None:
+    """The problems of `medseg dataset check` as one table (or an OK line)."""
+    if not problems:
+        console.print(f"[green]OK[/]: {directory} has no problems")
+        return
+    table = Table(title=f"{len(problems)} problem(s) in {directory}")
+    for column in ("severity", "case", "check", "problem", "file"):
+        table.add_column(column, overflow="fold")
+    for problem in sorted(problems, key=lambda p: (p.severity != "error", p.case, p.check)):
+        style = "red" if problem.severity == "error" else "yellow"
+        table.add_row(f"[{style}]{problem.severity}[/]", problem.case, problem.check, problem.message, Path(problem.path).name if problem.path else "")
+    console.print(table)
+
+
+IMPORT_EXAMPLES = """
+    Examples:
+      medseg dataset import brats2015_deepmedic/ data/brats15 --preset brats2015
+      medseg dataset import BraTS2021_Training_Data/ data/brats21 --preset brats2021 --link hardlink
+      medseg dataset import cases/ data/mine --channel T2=*t2w*.nii.gz --channel ADC=*adc* --label *seg* \\
+          --label-name 1=tumor --mask *brain_mask*
+      medseg dataset import cases/ data/kid --channel CT=*img* --label *seg* --region "kidney=1,2" --region "tumor=2" --region-order 1,2
+"""
+
+
+@dataset_app.command("import", epilog=IMPORT_EXAMPLES)
+def import_(
+    source: Path = typer.Argument(..., help="Folder of case folders (one folder per case, e.g. BraTS' own releases)."),
+    dest: Path = typer.Argument(..., help="New nnU-Net v2 dataset folder to create (imagesTr/, labelsTr/, dataset.json)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="File names of a known release: brats2015 (Flair_*/T1c_*/OTMultiClass*/brainmask*), "
+                                         "brats2021 (_flair/_t1/_t1ce/_t2/_seg), brats2023 (-t2f/-t1n/-t1c/-t2w/-seg). BraTS presets add the BraTS regions."),
+    channels: Optional[list[str]] = typer.Option(None, "--channel", help="NAME=PATTERN, one per channel in channel order (repeat); the glob is matched "
+                                                 "case-insensitively against paths inside each case folder. Replaces the preset's channels."),
+    label: Optional[str] = typer.Option(None, "--label", help="Glob of the label map in each case folder."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Glob of a brain/foreground mask: image voxels outside it become 0 (so cropping and "
+                                       "normalisation use it) and it is kept in masksTr/; 'none' drops a preset's mask."),
+    regions: Optional[str] = typer.Option(None, "--regions", help="none, brats (the preset's BraTS regions; default with a BraTS preset), "
+                                          "brats2015, brats2021 or brats2023 (region-based training and evaluation)."),
+    region_defs: Optional[list[str]] = typer.Option(None, "--region", help="Custom region NAME=V,V,... (repeat, in order); needs --region-order."),
+    region_order: Optional[str] = typer.Option(None, "--region-order", help="Label each region paints, in region order (nnU-Net's regions_class_order), e.g. 2,1,4."),
+    label_names: Optional[list[str]] = typer.Option(None, "--label-name", help="VALUE=NAME for dataset.json (repeat); 'ignore' marks unannotated voxels. "
+                                                    "Default: the preset's names, else label_<value> for each value found."),
+    link: str = typer.Option("symlink", "--link", help="How files usable as they are get into DEST: symlink, hardlink or copy."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name in dataset.json (default: DEST's folder name)."),
+    allow_unlabelled: bool = typer.Option(False, "--allow-unlabelled", help="Case folders without a label go to imagesTs/ instead of stopping the import."),
+    workers: int = typer.Option(2, "--workers", "-j", help="Cases written (and checked) in parallel."),
+) -> None:
+    """Build an nnU-Net v2 dataset from a folder of per-case folders, then run `medseg dataset check` on it.
+
+    Nothing is written unless every case folder has exactly one file per pattern and all of a case's
+    files share one grid; .nii.gz images and integer label maps are linked, everything else is
+    converted with its geometry kept exactly (float-stored label maps are checked and rounded).
+    """
+    from medseg.data.check import check_dataset, has_errors
+    from medseg.data.importer import import_dataset, resolve_spec
+    from medseg.errors import ConfigError, InputError
+
+    if link not in ("symlink", "hardlink", "copy"):
+        raise ConfigError(f"--link {link!r}: expected symlink, hardlink or copy")
+    spec = resolve_spec(preset, list(channels or []), label, mask, regions, list(region_defs or []), region_order, list(label_names or []),
+                        link=link, name=name, allow_unlabelled=allow_unlabelled)
+    report = import_dataset(source, dest, spec, workers=workers)
+    kind = f"regions {', '.join(spec.regions)}" if spec.regions else f"labels {report.dataset_json['labels']}"
+    console.print(f"{dest}: {len(report.cases)} training case(s){f', {len(report.test_cases)} test case(s)' if report.test_cases else ''}, "
+                  f"channels {', '.join(n for n, _ in spec.channels)}, {kind}; {report.linked} file(s) linked, {report.converted} converted")
+    problems = check_dataset(dest, workers=workers)
+    print_problems(problems, dest)
+    if has_errors(problems):
+        import shutil
+
+        shutil.rmtree(dest)
+        raise InputError(dest, "the imported dataset fails `medseg dataset check` (problems above); it was removed")
 
 
 def plan(

@@ -49,11 +49,13 @@ def _tolerances(values: list[str]) -> float | dict[str, float] | None:
 def evaluate(
     pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them (matched to --gt by file name without extension)."),
     gt: Path = typer.Option(..., "--gt", "-g", help="Reference label map, or a folder of them."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for summary.json, cases.csv and lesions.csv (created if needed)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for summary.json, cases.csv and lesions.csv (and brats_lesions.csv; created if needed)."),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help=LABELS_HELP),
     label_task: Optional[str] = typer.Option(None, "--label-task", help=TASK_HELP),
     lesion_labels: list[str] = typer.Option([], "--lesion-labels", help=LESION_HELP),
     tolerance: list[str] = typer.Option([], "--tolerance", "-t", help="NSD tolerance in mm: one value for all labels (default 1), or LABEL=MM per label; repeatable."),
+    brats: bool = typer.Option(False, "--brats", help="Also score every label/region of --labels with the BraTS 2023 lesion-wise Dice and HD95 "
+                               "(dilation 3, lesions > 50 mm^3, 374 mm penalty; see --set evaluate.brats_*); per-lesion table in brats_lesions.csv."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML or run folder; its evaluate: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
@@ -66,11 +68,12 @@ def evaluate(
       medseg evaluate --pred preds/ --gt labelsTr/ --labels dataset.json -o eval/
       medseg evaluate -p pred.nii.gz -g seg.nii.gz -l label_map.json --label-task total -o eval/
       medseg evaluate -p preds/ -g gts/ --lesion-labels tumor --tolerance 2 --tolerance liver=3 -o eval/
+      medseg evaluate -p preds/ -g data/brats/labelsTr -l data/brats/dataset.json --brats -o eval/   (BraTS regions)
     """
     from medseg.config.loader import save_resolved
     from medseg.metrics.evaluate import evaluate as run_evaluation
 
-    settings = _config(config_file, overrides, pred)
+    settings = _config(config_file, overrides + (["evaluate.brats_labels=[all]"] if brats else []), pred)
     result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, settings.evaluate, label_task)
     save_resolved(settings, out / "config.yaml")  # `medseg report` starts from these settings
     _print_summary(result.summary)
@@ -100,6 +103,9 @@ def _print_summary(summary: dict) -> None:
     hidden = len(summary["metrics"]) - len(shown)
     if hidden > 0 or len(shown) > 60:
         console.print(f"({hidden} label(s) absent from every case not shown; all {len(summary['metrics'])} are in summary.json and cases.csv)")
+    for label, scores in summary.get("brats_lesionwise", {}).items():
+        console.print(f"{label} (BraTS lesion-wise): Dice {_format(scores['lesionwise_dice'])}, HD95 {_format(scores['lesionwise_hd95_mm'], 1)} mm; "
+                      f"{scores['tp']} TP, {scores['fn']} FN, {scores['fp']} FP lesions")
     for label, lesions in summary["lesions"].items():
         console.print(
             f"{label}: {lesions['tp']}/{lesions['lesions_ref']} lesions found, sensitivity {_format(lesions['sensitivity'])}, "

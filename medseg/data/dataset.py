@@ -87,6 +87,11 @@ class DatasetDescription:
     declared_num_training: int | None = None
     regions_class_order: list[int] | None = None  # nnU-Net v2: region i paints this class when its sigmoid > 0.5
     ignore_label: int | None = None  # nnU-Net v2 "ignore": unannotated voxels, never a class
+    foreground_mask: bool = False  # images were masked at import (zero outside the brain): normalise inside the nonzero mask
+
+    @property
+    def has_regions(self) -> bool:
+        return bool(self.regions)
 
     @property
     def num_channels(self) -> int:
@@ -309,29 +314,52 @@ def _discover_grouped(images: Path, labels: Path | None, channels: int, file_end
 
 
 def _nnunet_labels(data: dict[str, Any], path: Path) -> tuple[dict[int, str], dict[str, tuple[int, ...]]]:
+    """Plain labels (value -> name) and, for a region dataset, every foreground region in declared order.
+
+    nnU-Net v2's rule: a dataset is region-based when any label maps to a list of more than one
+    value; then *every* foreground entry is a region (an integer ``4`` or ``[4]`` is the region
+    {4}), each one sigmoid output, in the order of dataset.json.
+    """
     raw = data.get("labels")
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, "'labels' must be a non-empty mapping name -> index")
-    labels: dict[int, str] = {}
-    regions: dict[str, tuple[int, ...]] = {}
+    entries: list[tuple[str, tuple[int, ...], bool]] = []
     for name, value in raw.items():
         if isinstance(value, (list, tuple)):
-            if not value or not all(isinstance(v, int) for v in value):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise InputError(path, f"region label '{name}' must be a list of integers, got {value!r}")
-            if len(value) == 1:
-                labels.setdefault(int(value[0]), str(name))
-            else:
-                regions[str(name)] = tuple(int(v) for v in value)
+            entries.append((str(name), tuple(int(v) for v in value), True))
         elif isinstance(value, int) and not isinstance(value, bool):
-            labels[int(value)] = str(name)
+            entries.append((str(name), (int(value),), False))
         elif isinstance(value, str) and value.lstrip("-").isdigit():
-            labels[int(value)] = str(name)
+            entries.append((str(name), (int(value),), False))
         else:
             raise InputError(path, f"label '{name}' must map to an integer or a list of integers, got {value!r}")
-    for members in regions.values():
-        for member in members:
-            labels.setdefault(member, f"label_{member}")
+    region_based = any(len(values) > 1 for _, values, _ in entries)
+    labels: dict[int, str] = {}
+    regions: dict[str, tuple[int, ...]] = {}
+    for name, values, _ in entries:
+        if len(values) == 1:
+            labels.setdefault(values[0], name)
+        if region_based and name != "ignore" and set(values) != {0}:
+            regions[name] = values
+    class_names = (data.get("medseg_import") or {}).get("class_names") if isinstance(data.get("medseg_import"), dict) else None
+    for member in sorted({member for values in regions.values() for member in values}):
+        name = class_names.get(str(member)) if isinstance(class_names, dict) else None
+        if name and name not in labels.values() and member not in labels:
+            labels[member] = str(name)
+        labels.setdefault(member, f"label_{member}")
     return labels, regions
+
+
+def _regions_class_order(data: dict[str, Any], regions: dict[str, tuple[int, ...]], path: Path) -> list[int] | None:
+    order = data.get("regions_class_order")
+    if order is not None and (not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order)):
+        raise InputError(path, f"'regions_class_order' must be a list of integers, got {order!r}")
+    if regions and (order is None or len(order) != len(regions)):
+        raise InputError(path, f"{len(regions)} region(s) ({', '.join(regions)}) need 'regions_class_order' with one label per region "
+                               f"(nnU-Net v2), got {order!r}")
+    return order
 
 
 def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
@@ -343,9 +371,7 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
         del labels[ignore]
         if ignore <= max(labels, default=0) or any(ignore in members for members in regions.values()):
             raise InputError(path, f"the 'ignore' label ({ignore}) must be the highest label value and in no region (nnU-Net v2 rule)")
-    order = data.get("regions_class_order")
-    if order is not None and (not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order)):
-        raise InputError(path, f"'regions_class_order' must be a list of integers, got {order!r}")
+    order = _regions_class_order(data, regions, path)
     file_ending = str(data.get("file_ending") or ".nii.gz")
     explicit = data.get("dataset")
     if isinstance(explicit, dict) and explicit:  # nnU-Net v2 optional explicit case list
@@ -370,6 +396,7 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
         declared_num_training=_int_or_none(data.get("numTraining")),
         regions_class_order=order,
         ignore_label=ignore,
+        foreground_mask=isinstance(data.get("foreground_mask"), dict),
     )
 
 

@@ -104,12 +104,8 @@ def normalization_schemes(description: DatasetDescription, fingerprint: dict[str
                 reason="CT: clip to the dataset foreground 0.5/99.5 percentiles, z-score with the dataset foreground mean/std",
             )
         elif scheme == "zscore":
-            entry["use_nonzero_mask"] = bool(use_mask)
-            entry["reason"] = (
-                f"{modality}: per-image z-score "
-                + (f"inside the nonzero mask (cropping kept {crop_fraction:.0%} of voxels, < {config.nonzero_mask_crop_fraction:.0%})" if use_mask
-                   else f"over the whole cropped image (cropping kept {crop_fraction:.0%} of voxels)")
-            )
+            entry["use_nonzero_mask"] = bool(use_mask or description.foreground_mask)
+            entry["reason"] = f"{modality}: per-image z-score " + _zscore_region(use_mask, description.foreground_mask, crop_fraction, config)
         elif scheme == "rescale":
             entry["reason"] = "channel name asks for rescaling to [0, 1]"
         else:
@@ -118,6 +114,14 @@ def normalization_schemes(description: DatasetDescription, fingerprint: dict[str
             entry["reason"] = f"set in the config (plan.normalization.{index}); " + entry["reason"]
         schemes.append(ChannelNormalization(**entry))
     return schemes
+
+
+def _zscore_region(use_mask: bool, masked: bool, crop_fraction: float, config: PlanConfig) -> str:
+    if masked:
+        return "inside the foreground mask the images were masked with at import (dataset.json foreground_mask)"
+    if use_mask:
+        return f"inside the nonzero mask (cropping kept {crop_fraction:.0%} of voxels, < {config.nonzero_mask_crop_fraction:.0%})"
+    return f"over the whole cropped image (cropping kept {crop_fraction:.0%} of voxels)"
 
 
 # --- topology ------------------------------------------------------------------------------------

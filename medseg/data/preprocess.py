@@ -305,6 +305,7 @@ def restore_labels(
     compute_device: torch.device | str = "cpu",
     chunk_mb: int = 256,
     keep_probabilities: bool = False,
+    regions_class_order: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(K, *resampled_shape)`` probabilities -> (raw label map, raw float16 ``(K, *raw)`` or None).
 
@@ -313,6 +314,10 @@ def restore_labels(
     then reoriented: along the slab axis first while the planes are still at model resolution,
     then one bilinear upsampling (``align_corners=False``: the edge-aligned positions of
     :mod:`medseg.data.resample`) and one max per class and voxel.
+
+    ``regions_class_order`` (region models): the K channels are region sigmoid probabilities,
+    resampled the same way and painted per voxel by nnU-Net's rule
+    (:func:`medseg.data.regions.regions_to_labels`); outside the crop every region is 0.
     """
     classes = int(probabilities.shape[0])
     if tuple(probabilities.shape[1:]) != tuple(geometry.resampled_shape):
@@ -322,13 +327,15 @@ def restore_labels(
 
     slab_axis, plane, (lower, upper, weight) = _slab_plan(geometry)
     device = torch.device(compute_device)
-    dtype = label_dtype(classes - 1)
+    dtype = label_dtype(max(regions_class_order, default=0) if regions_class_order is not None else classes - 1)
+    decode = _slab_decoder(regions_class_order)
     canvas = np.zeros(tuple(geometry.ras_shape), dtype=dtype)  # background outside the crop
     labels_view = np.moveaxis(canvas[geometry.crop_region], slab_axis, 0)  # (n_out, *plane), writes go to canvas
     probability_view = None
     if keep_probabilities:
         probability_canvas = np.zeros((classes, *geometry.ras_shape), dtype=np.float16)
-        probability_canvas[0] = 1.0
+        if regions_class_order is None:
+            probability_canvas[0] = 1.0  # softmax: background outside the crop; regions: all 0
         probability_view = np.moveaxis(probability_canvas[(slice(None), *geometry.crop_region)], slab_axis + 1, 0)  # (n_out, K, *plane)
     per_slice = classes * int(np.prod(plane)) * BYTES_PER_VALUE_IN_FLIGHT
     step = max(1, int(chunk_mb * 2**20 // max(per_slice, 1)))
@@ -343,7 +350,7 @@ def restore_labels(
             low = torch.lerp(low, source[upper_t[start:stop] - first], weight_t[start:stop].view(-1, 1, 1, 1))
         if tuple(low.shape[2:]) != plane:
             low = F.interpolate(low, size=plane, mode="bilinear", align_corners=False)
-        labels_view[start:stop] = torch.max(low, 1).indices.to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
+        labels_view[start:stop] = decode(low).to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
         if probability_view is not None:
             probability_view[start:stop] = low.half().cpu().numpy()
     labels = ras_to_raw(canvas, geometry)
@@ -351,6 +358,16 @@ def restore_labels(
     if keep_probabilities:
         probabilities_raw = np.stack([ras_to_raw(channel, geometry) for channel in probability_canvas])
     return labels, probabilities_raw
+
+
+def _slab_decoder(regions_class_order: Sequence[int] | None):
+    """``(n, K, a, b)`` probabilities -> ``(n, a, b)`` labels: argmax, or region painting."""
+    if regions_class_order is None:
+        return lambda low: low.max(1).indices
+    from medseg.data.regions import regions_to_labels
+
+    order = list(regions_class_order)
+    return lambda low: regions_to_labels(low, order, dim=1)
 
 
 def restore_label_map(labels: np.ndarray, geometry: CaseGeometry) -> np.ndarray:

@@ -52,11 +52,26 @@ def crop_with_padding(array: np.ndarray, start: np.ndarray, size: tuple[int, ...
     return out
 
 
-def choose_foreground_voxel(case: CaseArrays, rng: np.random.Generator, classes: list[int] | None = None) -> np.ndarray | None:
-    """A random voxel of a random foreground class present in the case (None if it has none)."""
+def choose_foreground_voxel(case: CaseArrays, rng: np.random.Generator, classes: list[int] | None = None,
+                            regions: list[tuple[int, ...]] | None = None) -> np.ndarray | None:
+    """A random voxel of a random foreground class present in the case (None if it has none).
+
+    With ``regions`` (region-based training, as nnU-Net) a random region present in the case is
+    chosen first, then a voxel of any of its classes, so a small nested region (enhancing tumour)
+    is centred as often as the large one around it (whole tumour).
+    """
     present = [c for c, locations in case.class_locations.items() if len(locations) and (classes is None or c in classes)]
     if not present:
         return None
+    if regions:
+        present_regions = [[c for c in region if c in present] for region in regions]
+        present_regions = [members for members in present_regions if members]
+        members = present_regions[rng.integers(len(present_regions))]
+        counts = np.cumsum([len(case.class_locations[c]) for c in members])
+        pick = int(rng.integers(counts[-1]))  # uniform over the region's pooled locations
+        member = int(np.searchsorted(counts, pick, side="right"))
+        offset = pick - (int(counts[member - 1]) if member else 0)
+        return np.asarray(case.class_locations[members[member]][offset], dtype=int)
     chosen_class = present[rng.integers(len(present))]
     locations = case.class_locations[chosen_class]
     return np.asarray(locations[rng.integers(len(locations))], dtype=int)
@@ -68,6 +83,7 @@ def sample_patch(
     rng: np.random.Generator,
     force_foreground: bool = False,
     slice_axis: int | None = None,
+    regions: list[tuple[int, ...]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image (C, *patch), seg (1, *patch))``.
 
@@ -75,7 +91,7 @@ def sample_patch(
     the foreground voxel when forced) and ``patch_size`` covers the two remaining axes.
     """
     image, seg = case.image, case.seg
-    voxel = choose_foreground_voxel(case, rng) if force_foreground else None
+    voxel = choose_foreground_voxel(case, rng, regions=regions) if force_foreground else None
     if slice_axis is not None:
         index = int(voxel[slice_axis]) if voxel is not None else int(rng.integers(case.spatial_shape[slice_axis]))
         image = np.take(image, index, axis=slice_axis + 1)

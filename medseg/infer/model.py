@@ -53,6 +53,19 @@ class LoadedModel:
     checkpoints: list[CheckpointInfo]
     config: dict[str, Any] = field(default_factory=dict)  # the run config saved at training time (RunConfig JSON)
 
+    def __post_init__(self) -> None:
+        if self.plan.has_regions:  # the label map holds what the regions paint, not every class of the dataset
+            self.labels = self.plan.output_labels()
+
+    @property
+    def has_regions(self) -> bool:
+        return self.plan.has_regions
+
+    @property
+    def probability_names(self) -> list[str]:
+        """Names of the probability channels: one per region, or one per class (background first)."""
+        return list(self.plan.regions) if self.plan.has_regions else [self.labels[k] for k in sorted(self.labels)]
+
     @property
     def patch_size(self) -> tuple[int, ...]:
         return self.configuration.patch
@@ -63,7 +76,8 @@ class LoadedModel:
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)
+        """Output channels of the networks (regions, or classes with background)."""
+        return self.plan.num_outputs if self.plan.has_regions else len(self.labels)
 
     @property
     def folds(self) -> list[int | str | None]:

@@ -7,7 +7,8 @@ Layout under the output folder::
     <case>.nii.gz                  multi-label mask on the input's exact grid
     <case>.json                    sidecar (written last: its presence means the case is complete)
     <case>/<label>.nii.gz          --per-class binary masks
-    <case>_probabilities.npz       --save-probabilities: float16 (K, X, Y, Z) on the input grid
+    <case>_probabilities.npz       --save-probabilities: float16 (K, X, Y, Z) on the input grid (K classes, or one
+                                   sigmoid per region for region models; channel names in "labels")
     <case>_seg.dcm                 --dicom-seg (DICOM series inputs): one DICOM-SEG object referencing the series
 
 The sidecar holds no patient identifiers: no names, IDs, dates or source paths, only the case
@@ -61,10 +62,10 @@ def output_paths(out: Path, case: str, single_file: bool = False) -> OutputPaths
     return OutputPaths(out / f"{case}.nii.gz", out / f"{case}.json", out / case, out / f"{case}_probabilities.npz")
 
 
-def _write_probabilities(probabilities: np.ndarray, reference: Volume, names: dict[int, str], path: Path, compress: bool) -> None:
+def _write_probabilities(probabilities: np.ndarray, reference: Volume, channel_names: list[str], path: Path, compress: bool) -> None:
     save = np.savez_compressed if compress else np.savez
     with atomic_path(path) as temporary:
-        save(temporary, probabilities=probabilities, affine=reference.affine, labels=np.array([names[k] for k in sorted(names)]))
+        save(temporary, probabilities=probabilities, affine=reference.affine, labels=np.array(channel_names))
 
 
 def write_case(
@@ -78,6 +79,7 @@ def write_case(
     probabilities: np.ndarray | None = None,
     compress_probabilities: bool = True,
     extras: Sequence[Callable[[], Path]] = (),
+    probability_names: list[str] | None = None,
 ) -> list[Path]:
     """Write every output of one case (``extras`` such as a DICOM-SEG after the mask, the sidecar last); on failure remove what was written."""
     written: list[Path] = []
@@ -93,7 +95,8 @@ def write_case(
                 write_label_map((labels == index).view(np.uint8), reference, target)
                 written.append(target)
         if probabilities is not None:
-            _write_probabilities(probabilities, reference, names, paths.probabilities, compress_probabilities)
+            channel_names = probability_names or [names[k] for k in sorted(names)]
+            _write_probabilities(probabilities, reference, channel_names, paths.probabilities, compress_probabilities)
             written.append(paths.probabilities)
         for extra in extras:
             written.append(extra())

@@ -156,7 +156,7 @@ class _Writer:
             log.info("%s: not a DICOM series, so no DICOM-SEG (--dicom-seg needs the source series to reference)", case.name)
         return write_case(prediction.labels, prediction.reference, self.segmenter.model.labels, self.segmenter.sidecar(prediction), paths,
                           per_class=config.per_class, probabilities=prediction.probabilities, compress_probabilities=config.compress_probabilities,
-                          extras=extras)
+                          extras=extras, probability_names=self.segmenter.model.probability_names)
 
     def close(self) -> None:
         for name, future in self.pending:

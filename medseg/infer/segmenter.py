@@ -98,7 +98,8 @@ class Segmenter:
         tta = self.config.tta if self.config.tta is not None else self.runtime.cuda
         mirrors = mirror_sets(self.config.tta_axes, self.model.spatial_dims, tta)
         sw_batch = self.config.sw_batch_size or default_sw_batch_size(self.runtime.device, self.model.patch_size)
-        self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis)
+        self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis,
+                               activation="sigmoid" if self.model.has_regions else "softmax")
         self.rules = resolve_rules(self.config, self.model.labels)
         self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
         self.expected_cases = 1  # infer() sets the batch size; it decides whether compiling pays
@@ -181,8 +182,10 @@ class Segmenter:
             torch.cuda.synchronize(self.runtime.device)
         timings["predict"] = time.perf_counter() - start
         start = time.perf_counter()
+        order = self.model.plan.regions_class_order if self.model.has_regions else None
         labels, raw_probabilities = restore_labels(probabilities, prepared.properties.geometry, compute_device=self.runtime.device,
-                                                   chunk_mb=self.config.restore_chunk_mb, keep_probabilities=self.config.save_probabilities)
+                                                   chunk_mb=self.config.restore_chunk_mb, keep_probabilities=self.config.save_probabilities,
+                                                   regions_class_order=order)
         del probabilities
         timings["restore"] = time.perf_counter() - start
         start = time.perf_counter()

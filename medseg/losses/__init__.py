@@ -13,6 +13,7 @@ _EXPORTS = {
     "DeepSupervisionLoss": "medseg.losses.dice_ce",
     "deep_supervision_weights": "medseg.losses.dice_ce",
     "downsample_target": "medseg.losses.dice_ce",
+    "RegionDiceBCELoss": "medseg.losses.regions",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -10,7 +10,7 @@ from medseg.config import Section
 
 
 class LossConfig(Section):
-    """Dice + cross-entropy, nnU-Net defaults."""
+    """Dice + cross-entropy, nnU-Net defaults (region-based plans: Dice + binary cross-entropy per region, ce_weight weighting the BCE)."""
 
     name: Literal["dice_ce"] = Field("dice_ce", description="loss function; only dice_ce for now")
     include_background: bool = Field(False, description="count the background class in the Dice term")
@@ -20,7 +20,7 @@ class LossConfig(Section):
     smooth_nr: float = Field(1e-5, ge=0.0, description="added to the Dice numerator")
     smooth_dr: float = Field(1e-5, ge=0.0, description="added to the Dice denominator")
     ignore_label: int | None = Field(
-        None, description="label value that counts for neither Dice nor CE (unannotated voxels); None = none"
+        None, description="label value that counts for neither Dice nor CE (unannotated voxels); None = the plan's ignore label, if any"
     )
     dice_weight: float = Field(1.0, ge=0.0, description="weight of the Dice term")
     ce_weight: float = Field(1.0, ge=0.0, description="weight of the cross-entropy term")

@@ -5,21 +5,31 @@ from __future__ import annotations
 from medseg.errors import ConfigError
 from medseg.losses.config import LossConfig
 from medseg.losses.dice_ce import DeepSupervisionLoss, DiceCELoss
+from medseg.losses.regions import RegionDiceBCELoss
 
 
-def build_loss(config: LossConfig) -> DeepSupervisionLoss:
-    """Loss module ``loss(model_output, target)`` for a ``LossConfig``."""
+def build_loss(config: LossConfig, regions: list[tuple[int, ...]] | None = None, ignore_label: int | None = None) -> DeepSupervisionLoss:
+    """Loss module ``loss(model_output, target)`` for a ``LossConfig``.
+
+    ``regions`` (a region-based plan): BCE + Dice on one sigmoid output per region instead of Dice +
+    CE on softmax classes. ``ignore_label`` (the plan's) applies unless the config names its own.
+    """
     if config.dice_weight == 0 and config.ce_weight == 0:
         raise ConfigError("loss: dice_weight and ce_weight are both 0")
     weights = config.deep_supervision_weights
     if weights is not None and (any(w < 0 for w in weights) or sum(weights) <= 0):
         raise ConfigError(f"loss.deep_supervision_weights {weights} must be >= 0 with a positive sum")
+    ignore = config.ignore_label if config.ignore_label is not None else ignore_label
+    if regions:
+        base = RegionDiceBCELoss(regions, ignore_label=ignore, batch_dice=config.batch_dice, smooth_nr=config.smooth_nr,
+                                 smooth_dr=config.smooth_dr, dice_weight=config.dice_weight, bce_weight=config.ce_weight)
+        return DeepSupervisionLoss(base, weights)
     base = DiceCELoss(
         include_background=config.include_background,
         batch_dice=config.batch_dice,
         smooth_nr=config.smooth_nr,
         smooth_dr=config.smooth_dr,
-        ignore_label=config.ignore_label,
+        ignore_label=ignore,
         dice_weight=config.dice_weight,
         ce_weight=config.ce_weight,
     )

@@ -20,8 +20,9 @@ CASE_METRICS = (
     "abs_volume_error_ml", "rel_volume_error",
 )  # fmt: skip
 LESION_CASE_METRICS = ("lesion_sensitivity", "lesion_precision", "lesion_f1", "lesion_fp", "lesion_dice")
+BRATS_CASE_METRICS = ("brats_lesion_dice", "brats_lesion_hd95")
 # For these metrics a higher value is worse; used to order worst cases.
-HIGHER_IS_WORSE = {"hd", "hd95", "assd", "abs_volume_error_ml", "lesion_fp"}
+HIGHER_IS_WORSE = {"hd", "hd95", "assd", "abs_volume_error_ml", "lesion_fp", "brats_lesion_hd95"}
 
 
 def _number(value) -> float:
@@ -73,6 +74,8 @@ def aggregate_cases(rows: list[dict], config: EvaluateConfig) -> dict[str, dict[
         metrics = list(CASE_METRICS)
         if any(row.get("lesions_ref", "") != "" for row in label_rows):
             metrics += LESION_CASE_METRICS
+        if any(row.get("brats_lesion_dice", "") != "" for row in label_rows):
+            metrics += BRATS_CASE_METRICS
         result[label] = {
             metric: describe(
                 (row.get(metric) for row in label_rows),
@@ -142,5 +145,26 @@ def lesion_summary(case_rows: list[dict], lesion_rows: list[dict], config: Evalu
             "f1": f1,
             "fp_per_case": fp / len(rows) if rows else None,
             "sensitivity_by_size": by_size,
+        }
+    return summary
+
+
+def brats_summary(case_rows: list[dict], config: EvaluateConfig) -> dict[str, dict]:
+    """Per BraTS-scored label: mean lesion-wise Dice and HD95 over cases (the challenge's ranking numbers) and pooled lesion counts."""
+    summary: dict[str, dict] = {}
+    for label in dict.fromkeys(row["label"] for row in case_rows if row.get("brats_lesion_dice", "") != ""):
+        rows = [row for row in case_rows if row["label"] == label]
+        dice = [_number(row["brats_lesion_dice"]) for row in rows]
+        hd95 = [_number(row["brats_lesion_hd95"]) for row in rows]
+        summary[label] = {
+            "cases": len(rows),
+            "lesionwise_dice": float(np.mean(dice)),
+            "lesionwise_hd95_mm": float(np.mean(hd95)),
+            "tp": sum(int(row["brats_tp"]) for row in rows),
+            "fp": sum(int(row["brats_fp"]) for row in rows),
+            "fn": sum(int(row["brats_fn"]) for row in rows),
+            "dilation": config.brats_dilation,
+            "min_volume_mm3": rows[0].get("brats_min_volume_mm3", config.brats_min_volume_mm3),
+            "missing_hd95_mm": config.brats_missing_hd95_mm,
         }
     return summary

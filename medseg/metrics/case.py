@@ -29,6 +29,7 @@ CASE_COLUMNS = [
     "volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "abs_volume_error_ml", "rel_volume_error", "tp", "fp", "fn",
     "lesions_ref", "lesions_pred", "lesion_tp", "lesion_fn", "lesion_fp",
     "lesion_sensitivity", "lesion_precision", "lesion_f1", "lesion_dice",
+    "brats_lesion_dice", "brats_lesion_hd95", "brats_tp", "brats_fp", "brats_fn",
 ]  # fmt: skip
 LESION_COLUMNS = [
     "case", "label", "source", "lesion", "voxels", "volume_ml", "size_bin", "long_axis_mm", "short_axis_mm",

@@ -44,6 +44,15 @@ class EvaluateConfig(Section):
     )
     lesionwise_dice: bool = Field(True, description="Also report BraTS-2023-style lesion-wise Dice (missed and false-positive lesions count 0).")
 
+    # --- BraTS 2023 lesion-wise scores ----------------------------------------------------
+    brats_labels: list[Union[int, str]] = Field(
+        default_factory=list, description="Labels or regions (name or index) scored with the BraTS 2023 lesion-wise Dice and HD95 (see medseg.metrics.brats); --brats = all."
+    )
+    brats_dilation: int = Field(3, ge=0, description="Dilations (18-connected) that join nearby reference lesions and match predictions: 3 for BraTS glioma, SSA, PED; 1 for MEN, MET.")
+    brats_min_volume_mm3: float = Field(50.0, ge=0, description="Reference lesions of at most this volume are not scored (BraTS: 50 mm^3; 2 for MET).")
+    brats_label_min_volume_mm3: dict[str, float] = Field(default_factory=dict, description="Per-label volume threshold (mm^3), keyed by label name or index.")
+    brats_missing_hd95_mm: float = Field(374.0, gt=0, description="HD95 of a missed lesion and of a false positive (BraTS: 374 mm).")
+
     # --- aggregation ----------------------------------------------------------------------
     bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for the confidence interval of each mean (0 = none).")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap interval.")

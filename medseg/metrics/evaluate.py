@@ -26,10 +26,11 @@ from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.readers import read_volume
 from medseg.io.volume import Volume
 from medseg.logging_setup import err_console
-from medseg.metrics.aggregate import aggregate_cases, lesion_summary, worst_cases, worst_cases_overall
+from medseg.metrics.aggregate import aggregate_cases, brats_summary, lesion_summary, worst_cases, worst_cases_overall
+from medseg.metrics.brats import BRATS_LESION_COLUMNS, brats_lesionwise, evaluate_brats
 from medseg.metrics.case import CASE_COLUMNS, LESION_COLUMNS, evaluate_case
 from medseg.metrics.config import EvaluateConfig
-from medseg.metrics.labels import LabelSource, LabelSpec, inferred_specs, load_label_specs, resolve_keys
+from medseg.metrics.labels import LabelSource, LabelSpec, inferred_specs, load_ignore_label, load_label_specs, resolve_keys
 from medseg.metrics.outputs import write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ CONVENTIONS = {
         "SurfaceDistanceMetric(symmetric=True) and SurfaceDiceMetric to 1e-6 (HD95: a few 1e-6 relative, MONAI's float32 quantile). "
         "Intended difference: where exactly one mask is empty MONAI returns inf distances, we return the cap"
     ),
+    "brats_lesionwise": (
+        "BraTS 2023 lesion-wise Dice and HD95 (medseg.metrics.brats): reference lesions = 26-connected components joined when "
+        "within brats_dilation 18-connected dilations; predicted components touching a dilated lesion are merged and scored "
+        "against it; unmatched predicted components are false positives (Dice 0, HD95 brats_missing_hd95_mm), missed lesions too; "
+        "lesions of at most the volume threshold are not scored; nothing to score = Dice 1, HD95 0. HD95 between surface voxels (MONAI), "
+        "not DeepMind's surfel-weighted one"
+    ),
     "aggregates": "NaN values are excluded and counted as n_nan; std uses ddof=1; CI = percentile bootstrap of the mean over cases",
 }
 
@@ -66,6 +74,7 @@ class EvaluationResult:
     summary: dict[str, Any]
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
+    brats_lesions: list[dict] = field(default_factory=list)
 
     def values(self, metric: str = "dice", label: str | None = None) -> np.ndarray:
         """One metric over cases (float array, NaN where undefined), for one label or all rows."""
@@ -160,6 +169,69 @@ def _load_pair(pred: Source, gt: Source) -> tuple[Volume, Volume]:
     return volumes[0], volumes[1]
 
 
+@dataclass
+class _Specs:
+    """The evaluated labels and which of them get lesion-wise and BraTS lesion-wise analysis."""
+
+    labels: list[LabelSpec] | None
+    lesions: list[LabelSpec]
+    brats: list[LabelSpec]
+    ignore_label: int | None
+
+
+def _resolve_specs(config: EvaluateConfig, labels: LabelSource, label_task: str | None) -> _Specs:
+    specs = load_label_specs(labels, label_task)
+    brats_keys = list(config.brats_labels)
+    if specs is not None:
+        lesion_specs = resolve_keys(specs, config.lesion_labels, "lesion_labels")
+        resolve_keys(specs, config.label_tolerance_mm, "tolerance_mm")
+        resolve_keys(specs, config.brats_label_min_volume_mm3, "brats_label_min_volume_mm3")
+        brats_specs = list(specs) if brats_keys == ["all"] else resolve_keys(specs, brats_keys, "brats_labels")
+        return _Specs(specs, lesion_specs, brats_specs, load_ignore_label(labels))
+    if brats_keys == ["all"]:
+        raise ConfigError("--brats scores every label of the label list: give --labels dataset.json (its regions are the BraTS regions)")
+    for keys, what in ((config.lesion_labels, "lesion_labels"), (config.label_tolerance_mm, "tolerance_mm"), (brats_keys, "brats_labels")):
+        _check_inferred_keys(keys, what)
+    # inferred specs are named label_<k>, so lesion labels can be built without the data
+    return _Specs(None, inferred_specs(int(str(key).removeprefix("label_")) for key in config.lesion_labels),
+                  inferred_specs(int(str(key).removeprefix("label_")) for key in brats_keys), None)
+
+
+def _without_ignored(pred: Volume, gt: Volume, ignore_label: int | None) -> tuple[Volume, Volume]:
+    """Unannotated reference voxels (the 'ignore' label) count for nothing: background in both maps."""
+    if ignore_label is None:
+        return pred, gt
+    ignored = np.asarray(gt.array) == ignore_label
+    if not ignored.any():
+        return pred, gt
+    return pred.with_array(np.where(ignored, 0, pred.array).astype(pred.array.dtype)), gt.with_array(np.where(ignored, 0, gt.array).astype(gt.array.dtype))
+
+
+def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool) -> tuple[list[dict], list[dict], list[dict]]:
+    """Case rows, lesion rows and BraTS lesion rows of every pair."""
+    case_rows: list[dict] = []
+    lesion_rows: list[dict] = []
+    brats_rows: list[dict] = []
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeRemainingColumn(),
+        console=err_console, transient=True, disable=not progress,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(pairs))
+        for identifier, pred_source, gt_source in pairs:
+            bar.update(task, description=identifier)
+            pred_volume, gt_volume = _without_ignored(*_load_pair(pred_source, gt_source), specs.ignore_label)
+            rows, lesions = evaluate_case(pred_volume, gt_volume, specs.labels, config, identifier, specs.lesions)
+            if specs.brats:
+                scores, brats_lesions = evaluate_brats(pred_volume, gt_volume, specs.brats, config, identifier)
+                for row in rows:
+                    row.update(scores.get(row["label"], {}))
+                brats_rows.extend(brats_lesions)
+            case_rows.extend(rows)
+            lesion_rows.extend(lesions)
+            bar.advance(task)
+    return case_rows, lesion_rows, brats_rows
+
+
 def evaluate(
     pred: Source,
     gt: Source,
@@ -171,48 +243,28 @@ def evaluate(
     label_task: str | None = None,
     progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate predictions against references; write summary.json, cases.csv, lesions.csv to ``out_dir``.
+    """Evaluate predictions against references; write summary.json, cases.csv, lesions.csv to ``out_dir``
+    (and brats_lesions.csv when labels are scored BraTS lesion-wise).
 
     ``labels``: dataset.json / label_map.json (or a folder holding one), a dict, a list of
-    indices, or None to evaluate every value present. ``lesion_labels``: names or indices analysed
-    lesion by lesion. ``tolerance_mm``: NSD tolerance, one number or {label: mm} (key "default"
-    for the rest); None keeps ``config``'s (1 mm by default).
+    indices, or None to evaluate every value present; regions of an nnU-Net dataset.json are
+    evaluated as the union of their values, and its 'ignore' label counts for nothing.
+    ``lesion_labels``: names or indices analysed lesion by lesion. ``tolerance_mm``: NSD
+    tolerance, one number or {label: mm} (key "default" for the rest); None keeps ``config``'s.
     """
     config = _configure(config, lesion_labels, tolerance_mm)
-    specs = load_label_specs(labels, label_task)
-    if specs is not None:
-        lesion_specs = resolve_keys(specs, config.lesion_labels, "lesion_labels")
-        resolve_keys(specs, config.label_tolerance_mm, "tolerance_mm")
-    else:
-        _check_inferred_keys(config.lesion_labels, "lesion_labels")
-        _check_inferred_keys(config.label_tolerance_mm, "tolerance_mm")
-        # inferred specs are named label_<k>, so lesion labels can be built without the data
-        lesion_specs = inferred_specs(int(str(key).removeprefix("label_")) for key in config.lesion_labels)
+    specs = _resolve_specs(config, labels, label_task)
     if isinstance(pred, Volume) or isinstance(gt, Volume):
         pairs, missing = [("case", pred, gt)], {"prediction_only": [], "reference_only": []}
     else:
         pairs, missing = pair_cases(Path(pred), Path(gt), config.on_missing)
-
     started = time.perf_counter()
-    case_rows: list[dict] = []
-    lesion_rows: list[dict] = []
-    with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not progress,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=len(pairs))
-        for identifier, pred_source, gt_source in pairs:
-            bar.update(task, description=identifier)
-            pred_volume, gt_volume = _load_pair(pred_source, gt_source)
-            rows, lesions = evaluate_case(pred_volume, gt_volume, specs, config, identifier, lesion_specs)
-            case_rows.extend(rows)
-            lesion_rows.extend(lesions)
-            bar.advance(task)
-    if specs is None:
-        specs = inferred_specs(int(value) for row in case_rows for value in row["label_index"].split("+"))
-        case_rows = _fill_absent_labels(case_rows, [pair[0] for pair in pairs], specs, config)
+    case_rows, lesion_rows, brats_rows = _evaluate_pairs(pairs, specs, config, progress)
+    label_specs = specs.labels
+    if label_specs is None:
+        label_specs = inferred_specs(int(value) for row in case_rows for value in row["label_index"].split("+"))
+        case_rows = _fill_absent_labels(case_rows, [pair[0] for pair in pairs], label_specs, config)
     elapsed = time.perf_counter() - started
-
     summary = {
         "medseg_version": __version__,
         "prediction": str(pred) if not isinstance(pred, Volume) else "<in-memory volume>",
@@ -220,20 +272,22 @@ def evaluate(
         "cases": len(pairs),
         "case_ids": [pair[0] for pair in pairs],
         "missing": missing,
-        "labels": [{"name": spec.name, "values": list(spec.values)} for spec in specs],
+        "labels": [{"name": spec.name, "values": list(spec.values)} for spec in label_specs],
+        "ignore_label": specs.ignore_label,
         "lesion_labels": [str(key) for key in config.lesion_labels],
         "config": config.model_dump(mode="json"),
         "conventions": CONVENTIONS | {"empty_distance_cap": _cap_text(config)},
         "metrics": aggregate_cases(case_rows, config),
         "lesions": lesion_summary(case_rows, lesion_rows, config),
+        "brats_lesionwise": brats_summary(case_rows, config),
         "worst_cases": {"overall": worst_cases_overall(case_rows, config.worst_cases), "by_label": worst_cases(case_rows, config.worst_cases)},
         "seconds": {"total": elapsed, "per_case": elapsed / max(len(pairs), 1)},
     }
-    result = EvaluationResult(case_rows, lesion_rows, summary)
+    result = EvaluationResult(case_rows, lesion_rows, summary, brats_lesions=brats_rows)
     if out_dir is not None:
         result.out_dir = Path(out_dir)
         result.files = write_outputs(result, result.out_dir)
-    log.info("evaluated %d case(s), %d label(s) in %.1f s", len(pairs), len(specs), elapsed)
+    log.info("evaluated %d case(s), %d label(s) in %.1f s", len(pairs), len(label_specs), elapsed)
     return result
 
 
@@ -261,6 +315,8 @@ def _fill_absent_labels(rows: list[dict], case_ids: list[str], specs: list[Label
             row.update(volume_pred_ml=0.0, volume_ref_ml=0.0, volume_diff_ml=0.0, abs_volume_error_ml=0.0, rel_volume_error=np.nan, tp=0, fp=0, fn=0)
             if lesion_keys & {spec.name, spec.index}:
                 row.update(empty_lesion_scores(config))
+            if {str(key) for key in config.brats_labels} & {spec.name, spec.index}:
+                row.update(brats_lesionwise(np.zeros((1, 1, 1), bool), np.zeros((1, 1, 1), bool), (1, 1, 1)).scores())
             rows.append(row)
     order = {identifier: i for i, identifier in enumerate(case_ids)}
     value = {spec.name: spec.values for spec in specs}
@@ -268,10 +324,12 @@ def _fill_absent_labels(rows: list[dict], case_ids: list[str], specs: list[Label
 
 
 def write_outputs(result: EvaluationResult, out_dir: Path) -> list[Path]:
-    """summary.json, cases.csv and lesions.csv, each written atomically."""
+    """summary.json, cases.csv, lesions.csv (and brats_lesions.csv), each written atomically; the summary last."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    files = [
         write_csv(result.cases, CASE_COLUMNS, out_dir / "cases.csv"),
         write_csv(result.lesions, LESION_COLUMNS, out_dir / "lesions.csv"),
-        write_json(result.summary, out_dir / "summary.json"),
     ]
+    if result.summary.get("brats_lesionwise"):
+        files.append(write_csv(result.brats_lesions, BRATS_LESION_COLUMNS, out_dir / "brats_lesions.csv"))
+    return files + [write_json(result.summary, out_dir / "summary.json")]

@@ -66,7 +66,7 @@ def _from_mapping(mapping: Mapping, where: str) -> list[LabelSpec]:
             if not values or not all(_is_int_like(item) for item in values):
                 raise InputError(where, f"label '{name}': expected an index or a list of indices, got {value!r}")
             values = tuple(sorted({int(item) for item in values} - {0}))
-            if values and str(name).lower() != "background":
+            if values and str(name).lower() not in ("background", "ignore"):  # nnU-Net's 'ignore' is no structure
                 specs.append(LabelSpec(str(name), values))
     if not specs:
         raise InputError(where, "label map has no foreground label (only background)")
@@ -120,6 +120,23 @@ def load_label_specs(source: LabelSource, task: str | None = None) -> list[Label
     if not values:
         raise ConfigError("labels: the list of label indices is empty")
     return [LabelSpec(f"label_{value}", (value,)) for value in values]
+
+
+def load_ignore_label(source: LabelSource) -> int | None:
+    """The nnU-Net v2 'ignore' label value of a dataset.json (or a folder holding one), if it declares one."""
+    if isinstance(source, Mapping):
+        labels = source
+    elif isinstance(source, (str, Path)) and Path(source).exists():
+        path = Path(source) / "dataset.json" if Path(source).is_dir() else Path(source)
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None  # load_label_specs has already reported an unreadable file
+        labels = data.get("labels") if isinstance(data, dict) else None
+    else:
+        return None
+    value = labels.get("ignore") if isinstance(labels, Mapping) else None
+    return int(value) if _is_int_like(value) else None
 
 
 def inferred_specs(values: Iterable[int]) -> list[LabelSpec]:

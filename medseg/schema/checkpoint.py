@@ -32,7 +32,7 @@ class ModelSpec(Record):
 class ValidationScores(Record):
     dice: dict[str, float]
     mean_dice: float
-    kind: str = Field("held-out fold", description="'held-out fold', or 'training cases' when every case was trained on")
+    kind: str = Field("held-out fold", description="'held-out fold K', or 'training cases (fold all)' when every case was trained on")
 
 
 class TrainingState(Record):

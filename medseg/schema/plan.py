@@ -219,6 +219,8 @@ class Plan(Record):
             configuration.name = name
             if configuration.target_spacing is None:
                 configuration.target_spacing = list(self.target_spacing)
+        if self.regions and (self.regions_class_order is None or len(self.regions_class_order) != len(self.regions)):
+            raise ValueError(f"{len(self.regions)} region(s) need regions_class_order with one label per region, got {self.regions_class_order}")
         for alias, target in self.aliases.items():
             if target not in self.configurations:
                 raise ValueError(f"alias {alias!r} names {target!r}, which is not a configuration of this plan")
@@ -233,6 +235,26 @@ class Plan(Record):
     @property
     def foreground_labels(self) -> list[int]:
         return sorted(label for label in self.labels if label > 0)
+
+    @property
+    def has_regions(self) -> bool:
+        """nnU-Net v2 region-based: one sigmoid output per region, label maps painted by ``regions_class_order``."""
+        return bool(self.regions)
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one per region, or one per label (background included)."""
+        return len(self.regions) if self.regions else len(self.labels)
+
+    def region_values(self) -> list[tuple[int, ...]]:
+        return [tuple(values) for values in self.regions.values()]
+
+    def output_labels(self) -> dict[int, str]:
+        """The values a predicted label map can hold, with names: for regions, background and what the regions paint."""
+        if not self.regions:
+            return dict(self.labels)
+        painted = dict.fromkeys(self.regions_class_order or [])
+        return {0: self.labels.get(0, "background"), **{value: self.labels.get(value, f"label_{value}") for value in painted}}
 
     def default_configuration_name(self) -> str:
         return self.resolve("3d") if "3d" in self.names() else next(iter(self.configurations))

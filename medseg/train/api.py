@@ -18,8 +18,13 @@ def is_cache(path: Path) -> bool:
     return (path / "plan.json").is_file() and (path / "cache_info.json").is_file()
 
 
-def _replan_reason(plan, config: RunConfig) -> str | None:
-    """Why a stored plan no longer fits the config or this machine (None: reuse it)."""
+def _replan_reason(plan, config: RunConfig, description=None) -> str | None:
+    """Why a stored plan no longer fits the dataset's labels and regions, the config or this machine (None: reuse it)."""
+    if description is not None:
+        declared = ({k: list(v) for k, v in description.regions.items()}, description.regions_class_order, dict(sorted(description.labels.items())),
+                    description.ignore_label)
+        if declared != (plan.regions, plan.regions_class_order, dict(sorted(plan.labels.items())), plan.preprocessing.ignore_label):
+            return "the dataset's labels, regions or ignore label changed"
     if plan.config != config.plan.model_dump(mode="json"):
         return "planning settings changed"
     if config.plan.device == "auto" and plan.planned_for is not None:
@@ -50,7 +55,7 @@ def prepare_cache(dataset: str | Path, config: RunConfig, progress: bool = True)
     work = Path(config.work_dir) if config.work_dir else default_work_dir(description.name)
     plan_path = work / "plans.json"
     plan = load_plan(plan_path) if plan_path.is_file() else None
-    reason = None if plan is None else _replan_reason(plan, config)
+    reason = None if plan is None else _replan_reason(plan, config, description)
     if reason:
         log.info("re-planning %s: %s", plan_path, reason)
         plan = None

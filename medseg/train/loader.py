@@ -40,6 +40,7 @@ class PatchSampling:
     augment: AugmentConfig
     anisotropic: bool = False
     slice_axis: int | None = None
+    regions: tuple[tuple[int, ...], ...] | None = None  # region-based plans: foreground patches centred region by region
 
 
 def plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,8 @@ class PatchStream(IterableDataset):
         for forced in foreground_flags(sampling.batch_size, sampling.foreground_share):
             case_id = self.case_ids[rng.integers(len(self.case_ids))]
             try:
-                image, seg = sample_patch(self._case(case_id), crop_size, rng, forced, sampling.slice_axis)
+                image, seg = sample_patch(self._case(case_id), crop_size, rng, forced, sampling.slice_axis,
+                                          list(sampling.regions) if sampling.regions else None)
                 sample = pipeline({"image": torch.from_numpy(image), "label": torch.from_numpy(seg.astype(np.float32))})
             except MedsegError:
                 raise

@@ -9,6 +9,13 @@ from pathlib import Path
 from medseg.errors import ConfigError
 from medseg.io.atomic import write_json
 
+#: What the validation of ``--fold all`` is, in logs, summary.json and checkpoints: the training cases themselves.
+TRAINING_CASES = "training cases (fold all)"
+
+
+def held_out(fold: int) -> str:
+    return f"held-out fold {fold}"
+
 
 def make_splits(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
     """Shuffle sorted ids with a fixed seed and deal them into folds (same ids + seed -> same folds)."""
@@ -43,11 +50,11 @@ def fold_cases(cache_dir: Path, case_ids: list[str], config) -> tuple[list[str],
     cases and is labelled so, since it says nothing about unseen data.
     """
     if config.fold == "all":
-        return list(case_ids), list(case_ids), "training cases"
+        return list(case_ids), list(case_ids), TRAINING_CASES
     if len(case_ids) < config.num_folds:
         raise ConfigError(f"{len(case_ids)} case(s) cannot make {config.num_folds} folds: train on every case with --fold all, "
-                          f"or use fewer folds (--set train.num_folds={max(2, len(case_ids))})")
+                          f"or use fewer folds (--set train.num_folds={max(2, len(case_ids))}, then --fold 0,...,{max(2, len(case_ids)) - 1})")
     splits = load_or_create_splits(Path(cache_dir) / "splits.json", case_ids, config.num_folds, config.split_seed)
     if config.fold >= len(splits):
         raise ConfigError(f"train.fold={config.fold} but there are {len(splits)} folds (0 to {len(splits) - 1})")
-    return splits[config.fold]["train"], splits[config.fold]["val"], "held-out fold"
+    return splits[config.fold]["train"], splits[config.fold]["val"], held_out(config.fold)

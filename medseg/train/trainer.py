@@ -29,6 +29,7 @@ from medseg.config.loader import save_resolved
 from medseg.config.schema import RunConfig
 from medseg.data.cache import cached_case_ids, load_case_arrays, read_cache
 from medseg.errors import ConfigError, InputError
+from medseg.data.regions import regions_to_labels
 from medseg.infer.predictor import WindowSpec, default_sw_batch_size
 from medseg.io.atomic import write_json
 from medseg.losses import build_loss
@@ -42,7 +43,7 @@ from medseg.train.loader import PatchSampling, PatchStream, default_workers, mak
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
 from medseg.train.schedule import learning_rate, training_progress
-from medseg.train.splits import fold_cases
+from medseg.train.splits import TRAINING_CASES, fold_cases
 from medseg.train.step import TrainStep, make_optimizer
 from medseg.train.validate import PatchDice, validate_volumes
 
@@ -86,16 +87,23 @@ class Trainer:
             raise InputError(self.cache_dir, f"holds the {info.configuration} grid, not {self.configuration.name}'s; "
                                              f"train from the raw dataset (medseg prepares each configuration's cache)")
         self.labels = dict(self.plan.labels)
-        self.classes = self.plan.foreground_labels
+        self.regions = self.plan.region_values() if self.plan.has_regions else None
+        # What validation scores: each region (by name), or each foreground class (by value).
+        self.targets = dict(self.plan.regions) if self.regions else {label: (label,) for label in self.plan.foreground_labels}
+        self.names = {key: key for key in self.targets} if self.regions else {label: self.labels[label] for label in self.targets}
+        self.classes = list(self.targets)
         self.in_channels = self.plan.num_channels
         self.train_ids, self.val_ids, self.val_kind = fold_cases(self.cache_dir, cached_case_ids(self.cache_dir), train)
+        if self.val_kind == TRAINING_CASES:
+            log.warning("fold all: training on all %d cases; validation runs on %s, so its scores say nothing about unseen data",
+                        len(self.train_ids), TRAINING_CASES)
         device = resolve_device(train.device, self.dist.local_rank, "train.device")
         cores = max(1, available_cores() // max(self.dist.world_size, 1))
         self.workers = train.num_workers if train.num_workers is not None else default_workers(device, cores)
         threads = train.threads or max(1, cores - (self.workers if device.type == "cpu" else 0))  # loader workers own their cores
         self.runtime: Runtime = resolve_runtime(str(device), train.amp, threads, local_rank=self.dist.local_rank, training=True,
                                                 deterministic=train.deterministic)
-        self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=len(self.labels), configuration=self.configuration)
+        self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=self.plan.num_outputs, configuration=self.configuration)
         self.counters = Counters()
         self.step: TrainStep | None = None
         if resume and not (self.run_dir / LAST).is_file():
@@ -105,7 +113,7 @@ class Trainer:
     def _build(self) -> TrainStep:
         """Network, loss, optimizer and scaler on the device (inside the runtime scope: seeded init)."""
         train = self.config.train
-        network = build_model(self.config.model, self.in_channels, len(self.labels), self.configuration.network_plan()).to(self.runtime.device)
+        network = build_model(self.config.model, self.in_channels, self.plan.num_outputs, self.configuration.network_plan()).to(self.runtime.device)
         channels_last = train.channels_last and self.configuration.spatial_dims == 3
         if channels_last:
             network = network.to(memory_format=torch.channels_last_3d)
@@ -115,13 +123,15 @@ class Trainer:
         if self.dist.enabled:
             model = DistributedDataParallel(model, device_ids=[self.runtime.device.index] if self.runtime.cuda else None)
         scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.needs_grad_scaler)
-        return TrainStep(model, network, build_loss(self.config.loss).to(self.runtime.device), optimizer, scaler, self.runtime,
+        loss = build_loss(self.config.loss, self.regions, self.plan.preprocessing.ignore_label)
+        return TrainStep(model, network, loss.to(self.runtime.device), optimizer, scaler, self.runtime,
                          train.grad_clip, channels_last)
 
     def sampling(self, augment: bool = True) -> PatchSampling:
         augment_config = self.config.augment if augment else self.config.augment.model_copy(update={"enabled": False})
         return PatchSampling(self.configuration.patch, self.configuration.batch_size, self.config.train.foreground_share, augment_config,
-                             self.configuration.anisotropic, self.configuration.slice_axis)
+                             self.configuration.anisotropic, self.configuration.slice_axis,
+                             tuple(self.regions) if self.regions else None)
 
     def stream(self, start: int, total: int) -> PatchStream:
         return PatchStream(lambda case_id: load_case_arrays(self.cache_dir, case_id), self.train_ids, self.sampling(), self.config.train.seed,
@@ -130,15 +140,16 @@ class Trainer:
     def window_spec(self) -> WindowSpec:
         train = self.config.train
         sw_batch = train.val_sw_batch_size or default_sw_batch_size(self.runtime.device, self.configuration.patch)
-        return WindowSpec(self.configuration.patch, train.val_overlap, sw_batch, slice_axis=self.configuration.slice_axis)
+        return WindowSpec(self.configuration.patch, train.val_overlap, sw_batch, slice_axis=self.configuration.slice_axis,
+                          activation="sigmoid" if self.regions else "softmax")
 
     def _patch_dice(self) -> PatchDice:
         count = self.config.train.val_patch_batches
         if not count or not self.val_ids:
-            return PatchDice([], self.classes)
+            return PatchDice([], self.targets, region_outputs=bool(self.regions))
         stream = PatchStream(lambda case_id: load_case_arrays(self.cache_dir, case_id), self.val_ids, self.sampling(augment=False),
                              self.config.train.seed + 7919, 0, count)
-        return PatchDice(list(stream), self.classes, ignore_label=self.plan.preprocessing.ignore_label)
+        return PatchDice(list(stream), self.targets, ignore_label=self.plan.preprocessing.ignore_label, region_outputs=bool(self.regions))
 
     @property
     def session(self):
@@ -213,8 +224,10 @@ class Trainer:
         ids = self.val_ids if final or not self.config.train.val_max_cases else self.val_ids[: self.config.train.val_max_cases]
         cases = (load_case_arrays(self.cache_dir, case_id) for case_id in ids)
         assert self.step is not None
-        return validate_volumes(self.step.network, cases, self.classes, self.window_spec(), self.runtime, len(self.labels),
-                                kind=self.val_kind, ignore_label=self.plan.preprocessing.ignore_label)
+        order = self.plan.regions_class_order or []
+        to_labels = (lambda probabilities: regions_to_labels(probabilities, order)) if self.regions else None
+        return validate_volumes(self.step.network, cases, self.targets, self.window_spec(), self.runtime, self.plan.num_outputs,
+                                kind=self.val_kind, to_labels=to_labels, ignore_label=self.plan.preprocessing.ignore_label)
 
     def _start_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,15 +305,15 @@ class Trainer:
             return None
         start = time.perf_counter()
         if patch_dice is not None and patch_dice.batches:
-            row.update({f"patch_dice_{self.labels[k]}": v for k, v in patch_dice(self.step.network, self.runtime).items()})
+            row.update({f"patch_dice_{self.names[k]}": v for k, v in patch_dice(self.step.network, self.runtime).items()})
         validation = None
         if counters.epoch % train.val_every == 0 or last:
             validation = self._validate(final=last)
             mean = validation["mean_dice"]
             counters.ema = mean if counters.ema is None or math.isnan(counters.ema) else train.ema_alpha * counters.ema + (1 - train.ema_alpha) * mean
-            row.update({f"val_dice_{self.labels[k]}": v for k, v in validation["dice"].items()})
+            row.update({f"val_dice_{self.names[k]}": v for k, v in validation["dice"].items()})
             row.update({"val_mean_dice": mean, "val_ema_dice": counters.ema, "val_cases": len(validation["per_case"]), "val_kind": validation["kind"]})
-            progress.note(f"epoch {counters.epoch}: val Dice ({validation['kind']}) " + ", ".join(f"{self.labels[k]} {v:.3f}" for k, v in validation["dice"].items()))
+            progress.note(f"epoch {counters.epoch}: val Dice ({validation['kind']}) " + ", ".join(f"{self.names[k]} {v:.3f}" for k, v in validation["dice"].items()))
             if counters.ema > counters.best_ema:
                 counters.best_ema = counters.ema
                 save_checkpoint(self.run_dir / BEST, self._payload(validation, rng=None))  # inference-only: no optimizer state
@@ -315,7 +328,8 @@ class Trainer:
         write_json(self.run_dir / "summary.json", {
             "fold": self.config.train.fold, "configuration": self.configuration.name, "epochs": counters.epoch, "iterations": counters.iteration,
             "minutes": counters.elapsed_s / 60, "stopped_by_time": stopped_by_time, "best_ema_dice": counters.best_ema,
-            "validation_kind": self.val_kind,
-            "final_validation": None if validation is None else {self.labels[k]: v for k, v in validation["dice"].items()},
+            "validation": self.val_kind, "validation_cases": len(self.val_ids),
+            "final_validation": None if validation is None else {self.names[k]: v for k, v in validation["dice"].items()},
+            "scored": "regions" if self.regions else "classes",
             "final_mean_dice": None if validation is None else validation["mean_dice"],
         })

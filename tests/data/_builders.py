@@ -105,7 +105,7 @@ def make_msd(
 
 
 def make_nnunet(root: Path, cases: int = 2, shape=(16, 14, 10), seed: int = 0) -> Path:
-    """An nnU-Net v2 dataset with two MR channels (``_0000``, ``_0001``) and a region label."""
+    """An nnU-Net v2 region dataset with two MR channels (``_0000``, ``_0001``): whole = {1, 2}, then each class."""
     for index in range(cases):
         case_id = f"pro_{index:03d}"
         image, label = phantom(shape, "MR", seed + index)
@@ -119,8 +119,8 @@ def make_nnunet(root: Path, cases: int = 2, shape=(16, 14, 10), seed: int = 0) -
     data = {
         "name": "TinyProstate",
         "channel_names": {"0": "T2", "1": "ADC"},
-        "labels": {"background": 0, "peripheral": 1, "transition": 2, "whole": [1, 2]},
-        "regions_class_order": [1, 2],
+        "labels": {"background": 0, "whole": [1, 2], "peripheral": 1, "transition": 2},
+        "regions_class_order": [2, 1, 2],
         "numTraining": cases,
         "file_ending": ".nii.gz",
     }

@@ -55,7 +55,9 @@ def test_nnunet_v2_layout_with_channels_and_regions(tmp_path):
     assert description.format == "nnunet"
     assert description.channel_names == ["T2", "ADC"]
     assert description.labels == {0: "background", 1: "peripheral", 2: "transition"}
-    assert description.regions == {"whole": (1, 2)}
+    assert description.regions == {"whole": (1, 2), "peripheral": (1,), "transition": (2,)}  # nnU-Net: every entry is a region
+    assert list(description.regions) == ["whole", "peripheral", "transition"]  # declared order: regions_class_order follows it
+    assert description.regions_class_order == [2, 1, 2]
     assert description.label_values == [0, 1, 2]
     assert [case.case_id for case in description.cases] == ["pro_000", "pro_001"]
     assert [path.name for path in description.cases[0].images] == ["pro_000_0000.nii.gz", "pro_000_0001.nii.gz"]
@@ -116,3 +118,27 @@ def test_bad_dataset_json_is_an_input_error(tmp_path, content, problem):
 @pytest.mark.parametrize("name, expected", [("CT", "CT"), ("MRI", "MR"), ("T2", "MR"), ("FLAIR", "MR"), ("t1gd", "MR"), ("ADC", "MR"), ("noNorm", "other"), ("PET", "other")])
 def test_modality_from_channel_name(name, expected):
     assert modality_of(name) == expected
+
+
+def _nnunet_json(root, labels, order=None):
+    data = {"channel_names": {"0": "T1"}, "labels": labels, "file_ending": ".nii.gz"}
+    if order is not None:
+        data["regions_class_order"] = order
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps(data))
+    return root
+
+
+def test_nnunet_regions_need_one_class_per_region(tmp_path):
+    labels = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
+    with pytest.raises(InputError, match="3 region"):
+        load_dataset(_nnunet_json(tmp_path / "a", labels, [1, 2]))
+    with pytest.raises(InputError, match="regions_class_order"):
+        load_dataset(_nnunet_json(tmp_path / "b", labels))
+    description = load_dataset(_nnunet_json(tmp_path / "c", labels, [1, 2, 3]))
+    assert description.regions == {"whole tumor": (1, 2, 3), "tumor core": (2, 3), "enhancing tumor": (3,)}
+
+
+def test_single_value_lists_alone_are_plain_labels(tmp_path):
+    description = load_dataset(_nnunet_json(tmp_path / "a", {"background": 0, "liver": [1], "tumor": 2}))
+    assert not description.has_regions and description.labels == {0: "background", 1: "liver", 2: "tumor"}

@@ -292,3 +292,18 @@ def test_undeclared_label_values_are_refused(tmp_path):
     label[0, 0, 0] = 7
     with pytest.raises(InputError, match=r"\[7\]"):
         preprocess_volume(Volume(image, ras_affine()), plan, label=Volume(label, ras_affine(), "label", {"source": "lab.nii.gz"}))
+
+
+def test_ignore_label_is_resampled_nearest_and_never_blended():
+    from medseg.data.preprocess import resample_label
+    from medseg.data.resample import resample_3d
+
+    seg = np.zeros((6, 6, 6), np.uint8)
+    seg[1:4, 1:4, 1:4] = 1
+    seg[3:6, 3:6, 3:6] = 3  # unannotated, touching class 1
+    out = resample_label(seg, (11, 11, 11), "per_class_linear", None, ignore_label=3)
+    nearest_ignore = resample_3d((seg == 3).astype(np.uint8), (11, 11, 11), "label_nearest", axis=None).astype(bool)
+    assert np.array_equal(out == 3, nearest_ignore)  # the ignore region is exactly its nearest-neighbour image
+    assert set(np.unique(out)) <= {0, 1, 3}
+    plain = resample_label(np.where(seg == 3, 0, seg), (11, 11, 11), "per_class_linear", None, ignore_label=None)
+    assert np.array_equal(out[~nearest_ignore], plain[~nearest_ignore])  # classes resampled as if ignore were background

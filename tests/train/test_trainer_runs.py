@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -39,15 +41,24 @@ def test_fold_all_trains_on_every_case_and_says_so(tiny_cache, tmp_path):
     trainer = Trainer(tiny_config("train.fold=all", "train.epochs=1", "train.iterations_per_epoch=2"), tiny_cache, tmp_path / "all", progress=False)
     assert trainer.train_ids == trainer.val_ids and len(trainer.train_ids) == 4
     result = trainer.fit()
-    assert result.last_validation["kind"] == "training cases"
+    assert result.last_validation["kind"] == "training cases (fold all)"
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["fold"] == "all" and summary["validation"] == "training cases (fold all)" and summary["validation_cases"] == 4
+    assert trainer.counters.history[-1]["val_kind"] == "training cases (fold all)"
     assert parse_folds("all") == ["all"] and parse_folds("0,1, 2") == [0, 1, 2] and parse_folds("3") == [3]
     with pytest.raises(ConfigError, match="each in turn"):
         parse_folds("zero")
 
 
 def test_fewer_cases_than_folds_suggests_all(tiny_cache, tmp_path):
-    with pytest.raises(ConfigError, match="--fold all"):
+    with pytest.raises(ConfigError, match="--fold all") as caught:
         Trainer(tiny_config("train.num_folds=5"), tiny_cache, tmp_path / "x", progress=False)
+    assert "4 case(s) cannot make 5 folds" in str(caught.value) and "train.num_folds=4" in str(caught.value)
+
+
+def test_held_out_validation_names_its_fold(tiny_cache, tmp_path):
+    trainer = Trainer(tiny_config("train.fold=1", "train.epochs=1", "train.iterations_per_epoch=1"), tiny_cache, tmp_path / "f1", progress=False)
+    assert trainer.val_kind == "held-out fold 1" and not set(trainer.train_ids) & set(trainer.val_ids)
 
 
 def test_patch_dice_is_logged_every_epoch(tiny_cache, tmp_path):

@@ -1,0 +1,216 @@
+"""`medseg dataset import`: per-case folders -> nnU-Net v2 dataset (links, conversions, regions, refusals)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.data.dataset import load_dataset
+from medseg.data.importer import ImportSpec, import_dataset, resolve_spec
+from medseg.errors import ConfigError, InputError
+from medseg.io.readers import read_volume
+from tests.data._builders import phantom, save_nifti, store_as
+
+AFFINE = np.array([[-1.0, 0, 0, 30], [0, -1.0, 0, 20], [0, 0, 1.5, -5], [0, 0, 0, 1]])  # LPS storage, 1.5 mm slices
+
+
+def brats_like(root: Path, cases: int = 2, shape=(14, 12, 8), seed: int = 0, float_label: bool = True) -> Path:
+    """Case folders named as the DeepMedic BraTS 2015 copy: Flair_*, T1c_*, OTMultiClass (float), brainmask."""
+    for index in range(cases):
+        folder = root / f"pat{index:02d}"
+        image, label = phantom(shape, "MR", seed + index)
+        label = label.astype(np.float32) * (2 if index % 2 else 1)  # values {0,1,2} or {0,2,4}
+        brain = (image > 0).astype(np.float64)
+        shifted = np.where(brain > 0, image, -3.5).astype(np.float32)  # z-scored copy: air is not 0
+        save_nifti(shifted, AFFINE, folder / "Flair_subtrMeanDivStd.nii.gz")
+        save_nifti(shifted * 0.5, AFFINE, folder / "T1c_subtrMeanDivStd.nii.gz")
+        save_nifti(label if float_label else label.astype(np.uint8), AFFINE, folder / "OTMultiClass.nii.gz")
+        save_nifti(brain, AFFINE, folder / "brainmask.nii.gz")
+        (folder / "License.txt").write_text("not an image")
+    return root
+
+
+def plain_spec(**options) -> ImportSpec:
+    return resolve_spec(channels=["FLAIR=flair*", "T1c=T1C_*"], label="OTMultiClass*", **options)
+
+
+def test_links_nifti_images_converts_float_labels_and_writes_dataset_json(tmp_path):
+    src = brats_like(tmp_path / "src")
+    report = import_dataset(src, tmp_path / "out", plain_spec())
+    dest = tmp_path / "out"
+    data = json.loads((dest / "dataset.json").read_text())
+    assert data["channel_names"] == {"0": "FLAIR", "1": "T1c"}
+    assert data["labels"] == {"background": 0, "label_1": 1, "label_2": 2, "label_4": 4}  # values found in the label maps
+    assert data["numTraining"] == 2 and data["file_ending"] == ".nii.gz"
+    image = dest / "imagesTr" / "pat00_0001.nii.gz"
+    assert image.is_symlink() and image.resolve() == (src / "pat00" / "T1c_subtrMeanDivStd.nii.gz").resolve()
+    label = dest / "labelsTr" / "pat01.nii.gz"
+    assert not label.is_symlink()  # float-stored: converted
+    stored = nib.load(str(label))
+    assert np.issubdtype(stored.get_data_dtype(), np.integer)
+    assert np.array_equal(stored.affine, AFFINE)
+    source = np.asanyarray(nib.load(str(src / "pat01" / "OTMultiClass.nii.gz")).dataobj)
+    assert np.array_equal(np.asanyarray(stored.dataobj), source.astype(np.uint8))
+    assert (report.linked, report.converted) == (4, 2)
+    description = load_dataset(dest)
+    assert [case.case_id for case in description.cases] == ["pat00", "pat01"] and not description.has_regions
+
+
+def test_integer_labels_are_linked_and_hardlinks_work(tmp_path):
+    src = brats_like(tmp_path / "src", float_label=False)
+    report = import_dataset(src, tmp_path / "out", plain_spec(label_names=["1=organ", "2=tumor", "4=other"], link="hardlink"))
+    label = tmp_path / "out" / "labelsTr" / "pat00.nii.gz"
+    assert not label.is_symlink() and label.stat().st_ino == (src / "pat00" / "OTMultiClass.nii.gz").stat().st_ino
+    assert report.converted == 0
+    data = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert data["labels"] == {"background": 0, "organ": 1, "tumor": 2, "other": 4}
+
+
+def test_mask_zeroes_images_outside_and_keeps_geometry(tmp_path):
+    src = brats_like(tmp_path / "src")
+    import_dataset(src, tmp_path / "out", plain_spec(mask="brainmask*"))
+    dest = tmp_path / "out"
+    image = read_volume(dest / "imagesTr" / "pat00_0000.nii.gz")
+    source = read_volume(src / "pat00" / "Flair_subtrMeanDivStd.nii.gz")
+    mask = read_volume(dest / "masksTr" / "pat00.nii.gz", role="label").array > 0
+    assert np.array_equal(image.affine, source.affine) and image.shape == source.shape
+    assert np.all(image.array[~mask] == 0) and np.array_equal(image.array[mask], source.array[mask])
+    assert (source.array[~mask] != 0).all()  # the source's air was not zero
+    description = load_dataset(dest)
+    assert description.foreground_mask
+
+
+def test_brats2015_preset_writes_nnunet_regions_in_order(tmp_path):
+    src = brats_like(tmp_path / "src")
+    import_dataset(src, tmp_path / "out", resolve_spec(preset="brats2015"))
+    text = (tmp_path / "out" / "dataset.json").read_text()
+    data = json.loads(text)
+    assert list(data["labels"]) == ["background", "whole tumor", "tumor core", "enhancing tumor"]
+    assert data["labels"]["tumor core"] == [1, 3, 4] and data["regions_class_order"] == [2, 1, 4]
+    description = load_dataset(tmp_path / "out")
+    assert description.regions == {"whole tumor": (1, 2, 3, 4), "tumor core": (1, 3, 4), "enhancing tumor": (4,)}
+    assert description.labels[1] == "necrosis" and description.labels[4] == "enhancing tumor"
+    assert description.foreground_mask  # the preset's brainmask
+
+
+def test_regions_none_with_preset_gives_plain_brats_labels(tmp_path):
+    src = brats_like(tmp_path / "src")
+    import_dataset(src, tmp_path / "out", resolve_spec(preset="brats2015", regions="none", mask="none"))
+    data = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert data["labels"]["oedema"] == 2 and "regions_class_order" not in data and "foreground_mask" not in data
+
+
+def test_other_formats_are_converted_with_the_same_grid(tmp_path):
+    from medseg.io import Volume, write_volume
+
+    folder = tmp_path / "src" / "case_a"
+    folder.mkdir(parents=True)
+    image, label = phantom((10, 9, 7), "MR", 3)
+    array, affine = store_as(image, np.diag([0.9, 0.9, 2.0, 1.0]), "PSR")
+    write_volume(Volume(array, affine), folder / "t2.mha")
+    write_volume(Volume(store_as(label, np.eye(4), "PSR")[0], affine, "label"), folder / "seg.nrrd")
+    import_dataset(tmp_path / "src", tmp_path / "out", resolve_spec(channels=["T2=t2*"], label="seg*"))
+    written = read_volume(tmp_path / "out" / "imagesTr" / "case_a_0000.nii.gz")
+    assert np.allclose(written.affine, affine) and np.array_equal(written.array, array)
+
+
+@pytest.mark.parametrize("problem", ["missing_channel", "two_matches", "shape", "grid"])
+def test_refusals_name_the_case_and_write_nothing(tmp_path, problem):
+    src = brats_like(tmp_path / "src")
+    target = src / "pat01"
+    if problem == "missing_channel":
+        (target / "T1c_subtrMeanDivStd.nii.gz").unlink()
+        expected = "no file matches the channel T1c pattern"
+    elif problem == "two_matches":
+        (target / "Flair_copy.nii.gz").write_bytes((target / "Flair_subtrMeanDivStd.nii.gz").read_bytes())
+        expected = "matches 2 files"
+    elif problem == "shape":
+        save_nifti(np.zeros((5, 5, 5), np.float32), AFFINE, target / "T1c_subtrMeanDivStd.nii.gz")
+        expected = "shape (5, 5, 5) differs"
+    else:
+        shifted = AFFINE.copy()
+        shifted[0, 3] += 2.0
+        save_nifti(np.zeros((14, 12, 8), np.float32), shifted, target / "T1c_subtrMeanDivStd.nii.gz")
+        expected = "grid differs"
+    with pytest.raises(InputError) as caught:
+        import_dataset(src, tmp_path / "out", plain_spec())
+    assert expected in str(caught.value) and "pat01" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no staging folder left behind
+
+
+def test_missing_label_refused_unless_allowed(tmp_path):
+    src = brats_like(tmp_path / "src", cases=3)
+    (src / "pat02" / "OTMultiClass.nii.gz").unlink()
+    with pytest.raises(InputError, match="label pattern"):
+        import_dataset(src, tmp_path / "out", plain_spec())
+    report = import_dataset(src, tmp_path / "out", plain_spec(allow_unlabelled=True))
+    assert report.test_cases == ["pat02"] and report.dataset_json["numTraining"] == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "imagesTs").iterdir()) == ["pat02_0000.nii.gz", "pat02_0001.nii.gz"]
+
+
+def test_existing_dest_and_bad_options_are_refused(tmp_path):
+    src = brats_like(tmp_path / "src", cases=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.txt").write_text("keep")
+    with pytest.raises(InputError, match="not empty"):
+        import_dataset(src, tmp_path / "out", plain_spec())
+    assert (tmp_path / "out" / "x.txt").read_text() == "keep"
+    with pytest.raises(ConfigError, match="region-order"):
+        resolve_spec(channels=["A=a*"], label="s*", region_defs=["whole=1,2"])
+    with pytest.raises(ConfigError, match="needs a --preset"):
+        resolve_spec(channels=["A=a*"], label="s*", regions="brats")
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        resolve_spec(channels=["just-a-pattern"], label="s*")
+
+
+def test_cli_import_runs_check_and_refuses_in_one_line(tmp_path, run_cli_module):
+    src = brats_like(tmp_path / "src")
+    result = run_cli_module("dataset", "import", src, tmp_path / "out", "--preset", "brats2015")
+    assert result.code == 0, result.err
+    out = " ".join(result.out.split())  # rich wraps long lines
+    assert "has no problems" in out and "2 training case(s)" in out
+    (src / "pat00" / "brainmask.nii.gz").unlink()
+    result = run_cli_module("dataset", "import", src, tmp_path / "again", "--preset", "brats2015")
+    assert result.code == 2 and result.err.count("error:") == 1 and "mask pattern" in result.err
+    assert not (tmp_path / "again").exists()
+
+
+@pytest.fixture
+def run_cli_module(capsys):
+    from medseg.cli.main import main
+
+    class Result:
+        def __init__(self, code, out, err):
+            self.code, self.out, self.err = code, out, err
+
+    def _run(*args):
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return _run
+
+
+def test_real_brats2015_import(tmp_path, shared_file):
+    src = shared_file("brats2015_deepmedic")
+    report = import_dataset(src, tmp_path / "brats", resolve_spec(preset="brats2015"), workers=2)
+    assert report.cases == ["brats_2013_pat0003_1", "brats_2013_pat0004_1", "brats_2013_pat0005_1", "brats_2013_pat0006_1"]
+    data = json.loads((tmp_path / "brats" / "dataset.json").read_text())
+    assert data["channel_names"] == {"0": "FLAIR", "1": "T1c"} and data["numTraining"] == 4
+    assert data["labels"]["whole tumor"] == [1, 2, 3, 4] and data["regions_class_order"] == [2, 1, 4]
+    for case in report.cases:
+        source = nib.load(str(src / case / "OTMultiClass.nii.gz"))
+        for path in [*(tmp_path / "brats" / "imagesTr").glob(f"{case}_*.nii.gz"), tmp_path / "brats" / "labelsTr" / f"{case}.nii.gz"]:
+            written = nib.load(str(path))
+            assert written.shape == (240, 240, 155) and np.array_equal(written.affine, source.affine)
+    label = np.asanyarray(nib.load(str(tmp_path / "brats" / "labelsTr" / f"{report.cases[0]}.nii.gz")).dataobj)
+    assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3, 4}
