@@ -98,18 +98,27 @@ class DiceCELoss(nn.Module):
         """
         probs = torch.softmax(logits, dim=1)
         onehot = torch.zeros_like(probs).scatter_(1, target, 1.0)
-        if valid is not None:
-            mask = valid.to(probs.dtype)
-            probs = probs * mask
-            onehot = onehot * mask
         if not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
-        axes = tuple(range(2, probs.ndim))
-        if self.batch_dice:
-            axes = (0, *axes)
-        intersection = (probs * onehot).sum(axes)
-        denominator = probs.sum(axes) + onehot.sum(axes)
-        return (2.0 * intersection + self.smooth_nr) / (denominator + self.smooth_dr).clamp_min(1e-8)
+        return soft_dice(probs, onehot, valid, self.batch_dice, self.smooth_nr, self.smooth_dr)
+
+
+def soft_dice(probs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None, batch_dice: bool,
+              smooth_nr: float, smooth_dr: float) -> torch.Tensor:
+    """Soft Dice per channel of ``(B, C, *)`` probabilities and targets: ``(B, C)``, or ``(C,)`` with batch Dice.
+
+    ``valid`` (``(B, 1, *)``, 1 = annotated) zeroes ignored voxels on both sides; shared by the softmax and the
+    region (sigmoid) losses so both score exactly the same way.
+    """
+    if valid is not None:
+        mask = valid.to(probs.dtype)
+        probs, targets = probs * mask, targets * mask
+    axes = tuple(range(2, probs.ndim))
+    if batch_dice:
+        axes = (0, *axes)
+    intersection = (probs * targets).sum(axes)
+    denominator = probs.sum(axes) + targets.sum(axes)
+    return (2.0 * intersection + smooth_nr) / (denominator + smooth_dr).clamp_min(1e-8)
 
 
 def deep_supervision_weights(n_outputs: int) -> list[float]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.losses.dice_ce import as_label_index
+from medseg.losses.dice_ce import as_label_index, soft_dice
 
 
 def region_table(regions: Sequence[Sequence[int]], ignore_label: int | None = None) -> torch.Tensor:
@@ -68,12 +68,4 @@ class RegionDiceBCELoss(nn.Module):
 
     def dice_per_region(self, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Soft Dice per region: ``(B, R)``, or ``(R,)`` with batch Dice."""
-        probabilities = torch.sigmoid(logits)
-        if valid is not None:
-            probabilities, targets = probabilities * valid, targets * valid
-        axes = tuple(range(2, probabilities.ndim))
-        if self.batch_dice:
-            axes = (0, *axes)
-        intersection = (probabilities * targets).sum(axes)
-        denominator = probabilities.sum(axes) + targets.sum(axes)
-        return (2.0 * intersection + self.smooth_nr) / (denominator + self.smooth_dr).clamp_min(1e-8)
+        return soft_dice(torch.sigmoid(logits), targets, valid, self.batch_dice, self.smooth_nr, self.smooth_dr)

@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from medseg.config.loader import save_resolved
 from medseg.config.schema import RunConfig
 from medseg.data.cache import cached_case_ids, load_case_arrays, read_cache
-from medseg.errors import ConfigError, InputError
 from medseg.data.regions import regions_to_labels
+from medseg.errors import ConfigError, InputError
 from medseg.infer.predictor import WindowSpec, default_sw_batch_size
 from medseg.io.atomic import write_json
 from medseg.losses import build_loss
