@@ -1,7 +1,7 @@
 """Run one `medseg` command on a hostile input in its own process and check the one-line-error promise.
 
 Each hostile case runs in a fresh interpreter so that its peak resident memory can be measured on its own
-(`resource.getrusage(RUSAGE_SELF)` at exit, written to a side file) and so that a crash cannot take the test
+(the child's own VmHWM at exit, written to a side file) and so that a crash cannot take the test
 session with it. Stderr is a pipe, as in a CI log: that is where extra log lines and wrapped tables show up.
 """
 
@@ -15,11 +15,19 @@ from pathlib import Path
 
 DEFAULT_RSS_LIMIT_MB = 500.0
 
+# Linux keeps ru_maxrss across exec, so in a child it is at least the *parent's* RSS at spawn time (a pytest
+# process holding 600 MB made every child "peak" at 600 MB). VmHWM belongs to the child's own address space.
 _DRIVER = (
     "import atexit, os, resource, sys\n"
+    "def _peak_kb():\n"
+    "    try:\n"
+    "        with open('/proc/self/status') as status:\n"
+    "            return next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))\n"
+    "    except (OSError, StopIteration, ValueError):\n"
+    "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "def _rss():\n"
     "    with open(os.environ['MEDSEG_HOSTILE_RSS'], 'w') as f:\n"
-    "        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "        f.write(str(_peak_kb()))\n"
     "atexit.register(_rss)\n"
     "from medseg.cli.main import main\n"
     "main(sys.argv[1:])\n"
