@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file_set(path: str | Path) -> Iterator[Path]:
+    """Like :func:`atomic_path`, for writers that also create companion files (an .mhd and its .raw/.zraw).
+
+    Yields ``path``'s name inside a fresh hidden folder beside it, so the header refers to its
+    companions by their final names. On success every file written there is moved beside ``path``,
+    ``path`` itself last (readers open the header first, and it appears only once its data is
+    complete); on any exception the folder and everything in it is removed.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(path, f"output folder {parent} does not exist")
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    moved: list[Path] = []
+    try:
+        yield folder / path.name
+        written = sorted(folder.iterdir(), key=lambda item: item.name == path.name)
+        if not (folder / path.name).is_file():
+            raise FileNotFoundError(f"the writer did not create {path.name}")
+        umask = os.umask(0)
+        os.umask(umask)
+        for item in written:
+            os.chmod(item, 0o666 & ~umask)
+            os.replace(item, parent / item.name)
+            moved.append(parent / item.name)
+    except BaseException:
+        for item in moved:  # companions moved before the header failed to follow
+            item.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _json_default(value: object) -> object:

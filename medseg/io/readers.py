@@ -15,11 +15,12 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from medseg.errors import InputError, MedsegError
-from medseg.io.atomic import atomic_path, full_suffix
+from medseg.io.atomic import atomic_file_set, atomic_path, full_suffix
 from medseg.io.dicom_files import is_dicom_file  # re-exported: callers import it from here
 from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
-from medseg.io.volume import Role, Volume, label_dtype
+from medseg.io.validate import validate_volume
+from medseg.io.volume import MAX_LABEL, Role, Volume, label_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,19 @@ READABLE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + (".dcm",)
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
+
+
+def _itk_problem(error: BaseException, path: Path) -> str:
+    """The informative line of an ITK exception (its first line is only a source-file location)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    teem = [line for line in lines if line.startswith("[nrrd]")]  # NRRD's reader explains itself last
+    if teem:
+        text = teem[-1].removeprefix("[nrrd]").strip()
+        text = text.split(": ", 1)[-1] if text.startswith("_") or text.startswith("nrrd") else text
+    else:
+        errors = [line for line in lines if "ERROR:" in line]
+        text = errors[0].split("): ", 1)[-1] if errors else (lines[0] if lines else type(error).__name__)
+    return text.replace(str(path), "file").replace(path.name, "file").rstrip(":")[:200]
 
 
 def _gzip_is_broken(path: Path) -> bool:
@@ -64,7 +78,7 @@ def _read_file(path: Path) -> Volume:
         except MedsegError:
             raise
         except Exception as error:  # SimpleITK raises RuntimeError with a multi-line ITK trace
-            raise InputError(path, f"not a readable {suffix.lstrip('.').upper()} file ({_one_line(error).split(': ')[-1]})") from error
+            raise InputError(path, f"not a readable {suffix.lstrip('.').upper()} file ({_itk_problem(error, path)})") from error
     if suffix == ".dcm" or is_dicom_file(path):
         from medseg.io.dicom import read_dicom_series
 
@@ -78,8 +92,9 @@ def _read_file(path: Path) -> Volume:
 def to_label_array(array: np.ndarray, path: Path | str) -> np.ndarray:
     """Check and convert voxel values to an integer label map.
 
-    Float-stored label maps (common in MSD) are rounded; NaN/inf, negative or non-integer values
-    are refused, because silently truncating them would invent or erase classes.
+    Float-stored label maps (common in MSD) are rounded; NaN/inf, negative, non-integer values and
+    values above :data:`~medseg.io.volume.MAX_LABEL` are refused before any cast, because silently
+    truncating or wrapping them (2**33 + 1 -> 1) would invent or erase classes.
     """
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array)
@@ -95,6 +110,8 @@ def to_label_array(array: np.ndarray, path: Path | str) -> np.ndarray:
     if array.size and array.min() < 0:
         raise InputError(path, f"label map has negative values (min {array.min():g})")
     maximum = int(array.max()) if array.size else 0
+    if maximum > MAX_LABEL:
+        raise InputError(path, f"label map has value {maximum}, above the largest label medseg stores ({MAX_LABEL}, uint32)")
     return array.astype(label_dtype(maximum), copy=False)
 
 
@@ -117,6 +134,7 @@ def read_volume(path: str | Path, role: Role = "image", series: str | int | None
         if size == 0:
             raise InputError(path, "file is empty (0 bytes)")
         volume = _read_file(path)
+    validate_volume(volume, path)
     if volume.array.ndim == 4 and not allow_channels:
         raise InputError(path, f"is 4D (shape {volume.array.shape}); expected a 3D volume")
     volume.meta.setdefault("source", path.name)
@@ -135,8 +153,10 @@ def write_volume(volume: Volume, path: str | Path) -> Path:
     suffix = full_suffix(path)
     if suffix not in WRITABLE_SUFFIXES:
         raise InputError(path, f"cannot write format '{suffix or 'no extension'}': use one of {', '.join(WRITABLE_SUFFIXES)}")
-    if suffix == ".mhd":  # a header plus a raw file: write both under their final names
-        write_itk(volume, path)
+    if suffix == ".mhd":  # a header plus its .zraw: both appear only once complete, the header last
+        with atomic_file_set(path) as temporary:
+            write_itk(volume, temporary)
+        log.debug("wrote %s", path)
         return path
     with atomic_path(path) as temporary:
         if suffix in NIFTI_SUFFIXES:

@@ -106,10 +106,16 @@ class Volume:
         return Volume(np.ascontiguousarray(array) if copy else array, affine, self.role, meta)
 
 
+# Largest label value medseg stores (uint32); larger values are refused, never wrapped.
+MAX_LABEL = int(np.iinfo(np.uint32).max)
+
+
 def label_dtype(max_label: int) -> np.dtype:
-    """Smallest unsigned integer type that stores every label value."""
+    """Smallest unsigned integer type that stores every label value (up to :data:`MAX_LABEL`)."""
     if max_label < 0:
         raise ValueError("label maps cannot hold negative values")
+    if max_label > MAX_LABEL:
+        raise ValueError(f"label value {max_label} does not fit in uint32 (largest label {MAX_LABEL})")
     if max_label <= np.iinfo(np.uint8).max:
         return np.dtype(np.uint8)
     if max_label <= np.iinfo(np.uint16).max:
