@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 data_app = typer.Typer(
     help="Get a dataset: generate the offline synthetic CT tumor set, or download a public one (MSD, KiTS23).",
@@ -57,7 +57,7 @@ def list_cmd() -> None:
     for recipe in list_recipes():
         labels = ", ".join(f"{k} {v}" for k, v in recipe.labels.items() if k != "0")
         table.add_row(recipe.name, "/".join(recipe.modality.values()), labels, recipe.cases, recipe.verified, recipe.license)
-    console.print(table)
+    print_table(table)
 
 
 @data_app.command()

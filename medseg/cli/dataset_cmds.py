@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 dataset_app = typer.Typer(
     help="Inspect raw datasets in the MSD or nnU-Net v2 layout (imagesTr/, labelsTr/, dataset.json).",
@@ -59,15 +60,15 @@ def check(
 def print_problems(problems, directory: Path) -> None:
     """The problems of `medseg dataset check` as one table (or an OK line)."""
     if not problems:
-        console.print(f"[green]OK[/]: {directory} has no problems")
+        console.print(Text.assemble(("OK", "green"), f": {directory} has no problems"))
         return
     table = Table(title=f"{len(problems)} problem(s) in {directory}")
     for column in ("severity", "case", "check", "problem", "file"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column in ("case", "check", "file"), overflow="fold")
     for problem in sorted(problems, key=lambda p: (p.severity != "error", p.case, p.check)):
         style = "red" if problem.severity == "error" else "yellow"
-        table.add_row(f"[{style}]{problem.severity}[/]", problem.case, problem.check, problem.message, Path(problem.path).name if problem.path else "")
-    console.print(table)
+        table.add_row(Text(problem.severity, style=style), problem.case, problem.check, problem.message, Path(problem.path).name if problem.path else "")
+    print_table(table)
 
 
 IMPORT_EXAMPLES = """
@@ -153,16 +154,16 @@ def plan(
       medseg plan data/liver --gpu-memory-gb 24
       medseg plan data/liver --set plan.target_spacing=[0.8,0.8,2.5]
     """
-    from medseg.data.config import default_work_dir
-    from medseg.data.dataset import load_dataset
-    from medseg.data.plan import plan_dataset
-
     overrides = list(overrides or [])
     if device is not None:
         overrides.append(f"plan.device={device}")
     if gpu_memory_gb is not None:
         overrides.append(f"plan.gpu_memory_gb={gpu_memory_gb}")
-    settings = _load_config(config, overrides)
+    settings = _load_config(config, overrides)  # first: a bad config fails before the planning code is even imported
+    from medseg.data.config import default_work_dir
+    from medseg.data.dataset import load_dataset
+    from medseg.data.plan import plan_dataset
+
     output = output or default_work_dir(load_dataset(directory).name) / "plans.json"
     result = plan_dataset(directory, settings, output, workers=workers or settings.preprocess.workers)
     print_plan(result)
@@ -192,7 +193,7 @@ def print_plan(plan) -> None:
     for alias, target in plan.aliases.items():
         table.add_row(f"'{alias}' means", f"{target}: {plan.alias_reasons.get(alias, '')}")
     table.add_row("preprocessing identity", plan.preprocessing_hash)
-    console.print(table)
+    print_table(table)
 
 
 def preprocess(
@@ -228,11 +229,11 @@ def preprocess(
     else:
         current = load_plan(plan_path or work / "plans.json")
         if config is not None or overrides:
-            console.print("[yellow]note[/]: --config/--set only apply when a plan is created; edit the plan or re-run `medseg plan` to change it")
+            console.print(Text("note", style="yellow") + ": --config/--set only apply when a plan is created; edit the plan or re-run `medseg plan` to change it")
     name = current.resolve(configuration)
     report = preprocess_dataset(description, current, cache or work / current.cache_name(name), configuration=name, workers=workers)
     if report.invalidated:
-        console.print(f"[yellow]recomputed all cases[/]: {report.invalidated}")
+        console.print(Text("recomputed all cases", style="yellow") + f": {report.invalidated}")
     console.print(f"{report.cache_dir}: {len(report.processed)} preprocessed, {len(report.skipped)} already done, {len(report.failed)} failed")
     if report.failed:
         table = Table(title="failed cases")
@@ -240,7 +241,7 @@ def preprocess(
         table.add_column("error", overflow="fold")
         for case_id, message in sorted(report.failed.items()):
             table.add_row(case_id, message)
-        console.print(table)
+        print_table(table)
         raise typer.Exit(code=1)
 
 

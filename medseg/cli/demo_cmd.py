@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 
 def demo(
@@ -29,7 +30,7 @@ def demo(
     from medseg.demo import DemoSettings, run_demo
 
     def report(name: str, summary: str, seconds: float) -> None:
-        console.print(f"[bold green]✓[/] [bold]{name}[/] ({seconds:.1f} s): {summary}", highlight=False)
+        console.print(Text.assemble(("✓ ", "bold green"), (name, "bold"), f" ({seconds:.1f} s): {summary}"), highlight=False)
 
     state = run_demo(DemoSettings(out_dir=out, cases=cases, test_cases=test_cases, seed=seed, train_minutes=train_minutes), on_stage=report)
     info = state.facts.get("info")
@@ -37,7 +38,7 @@ def demo(
         table = Table(title="medseg info of the demo DICOM series", show_header=False)
         for key in ("format", "shape", "spacing_mm", "orientation", "origin_ras_mm", "dtype", "intensity_range", "modality", "series_description"):
             table.add_row(key, str(info.get(key)))
-        console.print(table)
+        print_table(table)
     console.print(f"Everything is in {out.resolve()}")
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 LABELS_HELP = (
     "Label names: an MSD/nnU-Net dataset.json, a TotalSegmentator-style label_map.json, or a folder holding one. "
@@ -99,7 +99,7 @@ def _print_summary(summary: dict) -> None:
             ci = f" [{_format(entry['ci_low'])}, {_format(entry['ci_high'])}]" if entry.get("ci_low") is not None else ""
             cells.append(_format(entry["mean"]) + ci)
         table.add_row(label, *cells)
-    console.print(table)
+    print_table(table)
     hidden = len(summary["metrics"]) - len(shown)
     if hidden > 0 or len(shown) > 60:
         console.print(f"({hidden} label(s) absent from every case not shown; all {len(summary['metrics'])} are in summary.json and cases.csv)")
@@ -142,7 +142,7 @@ def stats(
         if facts["voxels"]:
             intensity = facts.get("intensity", {})
             table.add_row(name, f"{facts['volume_ml']:.2f}", *(_format(intensity.get(key), 1) for key in ("mean", "median", "std")))
-    console.print(table)
+    print_table(table)
     console.print(f"wrote {', '.join(str(path) for path in write_statistics(statistics, out))}")
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medseg.errors import ConfigError
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 export_app = typer.Typer(help="Export a trained model for other runtimes.", no_args_is_help=True)
 
@@ -45,7 +45,7 @@ def onnx(
     for item in exported:
         table.add_row("-" if item.fold is None else str(item.fold), str(item.path), f"{item.path.stat().st_size / 1e6:.1f}",
                       f"{item.max_abs_diff:.2g}", f"{item.argmax_agreement:.5f}", f"{item.seconds:.1f}")
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

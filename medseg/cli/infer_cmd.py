@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 SET_HELP = (
     "Override any setting, e.g. --set infer.postprocess.liver.largest_component=true "
@@ -69,16 +69,18 @@ def infer(
       medseg infer liver.onnx ct.nii.gz -o masks/                              (ONNX Runtime, no PyTorch network)
     """
     from medseg.config.loader import load_config, save_resolved
-    from medseg.infer import InferFailures, Segmenter, infer as run_inference
     from medseg.infer.model import load_for_backend
-    from medseg.infer.pipeline import parse_shard
     from medseg.runtime import available_cores
 
     flags = _flag_overrides(tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device,
                             per_class=per_class, save_probabilities=save_probabilities, compile=compile_mode, dicom_seg=dicom_seg, backend=backend)
-    parts = parse_shard(shard)
     chosen = load_config(config_file, list(overrides) + flags).infer
+    # The model is checked before the inference machinery (MONAI, ~3 s) is imported: a bad checkpoint fails fast.
     loaded = load_for_backend(model, chosen.backend, chosen.threads or available_cores())
+    from medseg.infer.pipeline import InferFailures, infer as run_inference, parse_shard
+    from medseg.infer.segmenter import Segmenter
+
+    parts = parse_shard(shard)
     settings = load_config(config_file, list(overrides) + flags, base=saved_sections(loaded.config))
     segmenter = Segmenter(loaded, settings.infer)
     try:
@@ -110,7 +112,7 @@ def _print_summary(outputs: dict[str, list[Path]], out: Path) -> None:
         volumes = ", ".join(f"{label} {entry['volume_ml']:.1f}" + (f" ({entry['lesions']} lesions)" if "lesions" in entry else "")
                             for label, entry in facts.get("labels", {}).items() if entry["voxels"])
         table.add_row(name, volumes[:120] or "-", f"{facts.get('runtime_s', {}).get('total', float('nan')):.1f}")
-    console.print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from medseg.errors import ConfigError
-from medseg.logging_setup import console
+from medseg.logging_setup import console, print_table
 
 SERIES_HELP = "DICOM folders with several series: the SeriesInstanceUID or 0-based index to use (see `medseg info FOLDER`)."
 
@@ -42,13 +42,13 @@ def info(
             table.add_column(column)
         for item in facts["series"]:
             table.add_row(*(str(item[key]) for key in ("index", "uid", "description", "modality", "slices")))
-        console.print(table)
+        print_table(table)
     if "shape" in facts:
         table = Table(title=str(path), show_header=False)
         for key, value in facts.items():
             if key not in ("series", "direction_ras") and value is not None:
                 table.add_row(key, str(value))
-        console.print(table)
+        print_table(table)
 
 
 def convert(
@@ -73,6 +73,9 @@ def convert(
       medseg convert mask.nrrd mask.nii.gz --label
       medseg convert mask.nii.gz mask_seg.dcm --to dicom-seg --reference ct_dicom/
     """
+    from medseg.io.atomic import check_output_file
+
+    check_output_file(destination)  # a folder or a missing/read-only parent fails now, not after reading the input
     if to == "dicom-seg":
         _convert_to_dicom_seg(source, destination, reference, labels, series, seg_type, algorithm)
         return

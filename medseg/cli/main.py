@@ -1,7 +1,9 @@
 """The ``medseg`` command: global options, error handling, and command registration.
 
 Expected problems (:class:`~medseg.errors.MedsegError`) print one ``error:`` line and exit 2;
-``--debug`` shows the traceback instead. Command modules each expose ``register(app)``.
+``--debug`` shows the traceback instead. The line is printed literally (never as rich markup) and
+flattened to one line; warnings held back while the command ran are dropped and counted in it (see
+:mod:`medseg.logging_setup`). Command modules each expose ``register(app)``.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import logging
 import sys
 
 import typer
+from rich.text import Text
 
 from medseg import __version__
 from medseg.errors import MedsegError
-from medseg.logging_setup import configure, err_console
+from medseg.logging_setup import configure, drop_held, err_console, one_line, release_held
 
 # Each module owns one command or command group and exposes register(app).
 COMMAND_MODULES = (
@@ -67,7 +70,11 @@ for _module in COMMAND_MODULES:
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The one ``error:`` line: literal text, one line, with a count of the warnings it replaces."""
+    held = drop_held()
+    if held:
+        message = f"{message} ({held} warning(s) before it not shown; rerun with -v to see them)"
+    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail("out of memory; try a smaller batch or patch size, or --device cpu for huge volumes", 3)
     except (typer.Exit, typer.Abort, SystemExit):
+        release_held()  # success, or an exit without an error: line (e.g. `dataset check` listing problems)
         raise
     except Exception as error:  # a bug: keep the one-line promise, point at --debug
         if _state["debug"]:

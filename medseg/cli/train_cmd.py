@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.text import Text
 
 from medseg.logging_setup import console
 
@@ -59,7 +60,7 @@ def train(
     for result in run_training(settings, folds, resume=resume):
         validation = result.last_validation
         scores = "" if not validation else ", ".join(f"{k}: {v:.4f}" for k, v in validation["dice"].items()) + f" ({validation['kind']})"
-        console.print(f"[bold green]✓[/] {result.run_dir}: {result.epochs_done} epochs, {result.iterations_done} iterations; validation Dice {scores}")
+        console.print(Text.assemble(("✓", "bold green"), f" {result.run_dir}: {result.epochs_done} epochs, {result.iterations_done} iterations; validation Dice {scores}"))
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 #: Names of the file a run folder keeps its resolved config in.
 RUN_CONFIG_FILE = "config.yaml"
+#: A config is a page of settings; anything larger is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 16 * 10**6
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
@@ -63,16 +65,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         path = path / RUN_CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist" if not path.exists() else f"{path}: is a folder, not a YAML config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size / 1e6:.0f} MB is too large for a YAML config (limit {MAX_CONFIG_BYTES // 10**6} MB)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected a YAML config)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from error
     except yaml.YAMLError as error:
-        problem = " ".join(str(error).split())
-        raise ConfigError(f"{path}: not valid YAML ({problem})") from error
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(error)})") from error
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``line 3, column 7: expected ',' or ']'`` instead of PyYAML's several-line report."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
 
 
 def build(model: type[ModelT], data: dict[str, Any], source: str = "config") -> ModelT:

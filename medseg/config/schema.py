@@ -20,7 +20,7 @@ from medseg.metrics.config import EvaluateConfig
 from medseg.models.config import ModelConfig
 from medseg.report.config import ReportConfig
 from medseg.train.config import TrainConfig
-from medseg.transforms.augment import AugmentConfig
+from medseg.transforms.config import AugmentConfig
 
 
 class RunConfig(Section):

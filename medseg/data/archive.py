@@ -17,6 +17,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -77,8 +78,10 @@ def _tar_members(path: Path) -> list[Member]:
                     raise InputError(path, f"refused: member '{info.name}' is a device, FIFO or other special file")
                 if name:
                     members.append(Member(name, info.isdir(), int(info.size)))
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise InputError(path, f"not a readable tar archive ({error})") from error
+    except tarfile.ReadError as error:  # its text lists every decompressor tried, one per line
+        raise InputError(path, "not a readable tar archive (not tar, tar.gz, tar.bz2 or tar.xz data, or cut short)") from error
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise InputError(path, f"not a readable tar archive ({type(error).__name__}: {' '.join(str(error).split())[:200]})") from error
     return members
 
 
@@ -95,8 +98,8 @@ def _zip_members(path: Path) -> list[Member]:
                     raise InputError(path, f"refused: member '{info.filename}' is a device, FIFO or other special file")
                 if name:
                     members.append(Member(name, info.is_dir(), int(info.file_size)))
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InputError(path, f"not a readable zip archive ({error})") from error
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
+        raise InputError(path, f"not a readable zip archive ({' '.join(str(error).split())[:200] or type(error).__name__})") from error
     return members
 
 
@@ -169,6 +172,10 @@ def safe_extract(archive: str | Path, destination: str | Path, skip_junk: bool =
         _extract_into(archive, members, staging)
         for top in tops:
             os.replace(staging / top, destination / top)
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as error:  # listed fine, but the data inside is damaged
+        raise InputError(archive, f"damaged: a member's data cannot be read ({' '.join(str(error).split())[:200] or type(error).__name__})") from error
+    except OSError as error:
+        raise InputError(destination, f"cannot extract {archive.name} here ({error.strerror or error})") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("extracted %d entries from %s into %s", len(members), archive.name, destination)

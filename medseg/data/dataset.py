@@ -172,12 +172,18 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a JSON file")
     if not path.is_file():
         raise InputError(path.parent, "no dataset.json: expected an MSD or nnU-Net v2 raw dataset folder (imagesTr/, labelsTr/, dataset.json)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(path, "not valid JSON (not UTF-8 text)") from None
+    except (json.JSONDecodeError, RecursionError) as error:
         raise InputError(path, f"not valid JSON ({error})") from error
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from error
     if not isinstance(data, dict):
         raise InputError(path, "top level must be a JSON object")
     return data
@@ -377,6 +383,8 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
     if isinstance(explicit, dict) and explicit:  # nnU-Net v2 optional explicit case list
         cases = []
         for case_id, entry in sorted(explicit.items()):
+            if not isinstance(entry, dict) or not isinstance(entry.get("images", []), list):
+                raise InputError(path, f"'dataset' entry {case_id!r} must be an object with an 'images' list, got {entry!r:.80}")
             images = [_resolve(root, str(p)) for p in entry.get("images", [])]
             label = entry.get("label")
             cases.append(Case(str(case_id), images, _resolve(root, str(label)) if label else None))

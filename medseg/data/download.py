@@ -158,12 +158,11 @@ class _Bar:
 
 def make_progress():
     """A rich progress display for byte transfers, on the CLI console."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from medseg.logging_setup import console
+    from medseg.logging_setup import new_progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
+    return new_progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
 
 
 def download(url: str, destination: str | Path, checksum: str | None = None, size_bytes: int | None = None,

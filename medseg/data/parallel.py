@@ -28,7 +28,7 @@ WORKER_DIED = (
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from medseg.errors import MedsegError
-from medseg.logging_setup import console
+from medseg.logging_setup import new_progress
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,13 @@ def _init_worker(threads: int) -> None:
 
 
 def progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
+    return new_progress(
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
+        enabled=enabled,
         transient=False,
     )
 

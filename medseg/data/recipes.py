@@ -144,8 +144,8 @@ def read_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read recipe ({error})") from error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read recipe ({' '.join(str(error).split())[:200]})") from error
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
@@ -254,11 +254,22 @@ def _download_source(source: Source, work: Path, progress: bool) -> Path:
     return download(source.url, work / source.file_name, source.checksum, source.size_bytes, progress=progress)
 
 
-def _fetch_msd(recipe: Recipe, source: Source, dest: Path, work: Path, keep_archive: bool, progress: bool) -> Path:
+def _extract_or_discard(archive: Path, destination: Path, keep_archive: bool) -> list[Path]:
+    """Safely extract ``archive``. One that is refused (unsafe members) or damaged is deleted unless ``keep_archive``,
+    like a checksum mismatch: a rerun would only refuse it again, and nothing of the failed fetch is left behind."""
     from medseg.data.archive import safe_extract
 
+    try:
+        return safe_extract(archive, destination)
+    except InputError as error:
+        if error.path == archive and not keep_archive:
+            archive.unlink(missing_ok=True)
+        raise
+
+
+def _fetch_msd(recipe: Recipe, source: Source, dest: Path, work: Path, keep_archive: bool, progress: bool) -> Path:
     archive = _download_source(source, work, progress)
-    created = safe_extract(archive, dest)
+    created = _extract_or_discard(archive, dest, keep_archive)
     dataset = dest / recipe.dataset_folder
     if dataset not in created or not (dataset / "dataset.json").is_file() or not (dataset / "imagesTr").is_dir():
         raise InputError(archive, f"does not contain {recipe.dataset_folder}/dataset.json and imagesTr/ (found {', '.join(p.name for p in created)})")
@@ -283,14 +294,13 @@ def _fetch_kits23(recipe: Recipe, source: Source, dest: Path, work: Path, keep_a
     """Repository zip -> label maps; one CT download per case; MSD-style folder with dataset.json."""
     import numpy as np
 
-    from medseg.data.archive import safe_extract
     from medseg.data.download import download
 
     assert recipe.per_case is not None
     archive = _download_source(source, work, progress)
     staging = work / f"{recipe.dataset_folder}-repository"
     shutil.rmtree(staging, ignore_errors=True)
-    safe_extract(archive, staging)
+    _extract_or_discard(archive, staging, keep_archive)
     segmentations = sorted(staging.glob("*/dataset/case_*/segmentation.nii.gz"))
     if not segmentations:
         raise InputError(archive, "has no */dataset/case_*/segmentation.nii.gz: not the KiTS23 repository")

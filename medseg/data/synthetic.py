@@ -450,11 +450,9 @@ class _maybe_progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import Progress
+        from medseg.logging_setup import new_progress
 
-        from medseg.logging_setup import console
-
-        self._progress = Progress(console=console, transient=True)
+        self._progress = new_progress()
         self._progress.start()
         task = self._progress.add_task("synthesising cases", total=self.total)
         return lambda: self._progress.advance(task)

@@ -1,9 +1,29 @@
 """Inference: checkpoints or fold ensembles on NIfTI/NRRD/MHA files and DICOM series, with masks
-written on the input's exact grid (see :mod:`medseg.infer.segmenter` and :mod:`medseg.infer.pipeline`)."""
+written on the input's exact grid (see :mod:`medseg.infer.segmenter` and :mod:`medseg.infer.pipeline`).
+Attributes load lazily so that every config load (it reads :mod:`medseg.infer.config`) imports no torch.
+"""
 
-from medseg.infer.config import InferConfig, PostprocessRule
-from medseg.infer.model import LoadedModel, load_model
-from medseg.infer.pipeline import InferFailures, InferReport, infer
-from medseg.infer.segmenter import CasePrediction, Segmenter
+from __future__ import annotations
 
-__all__ = ["CasePrediction", "InferConfig", "InferFailures", "InferReport", "LoadedModel", "PostprocessRule", "Segmenter", "infer", "load_model"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "InferConfig": "medseg.infer.config",
+    "PostprocessRule": "medseg.infer.config",
+    "LoadedModel": "medseg.infer.model",
+    "load_model": "medseg.infer.model",
+    "InferFailures": "medseg.infer.pipeline",
+    "InferReport": "medseg.infer.pipeline",
+    "infer": "medseg.infer.pipeline",
+    "CasePrediction": "medseg.infer.segmenter",
+    "Segmenter": "medseg.infer.segmenter",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'medseg.infer' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from medseg.logging_setup import err_console
+from medseg.logging_setup import new_progress
 
 
 class InferProgress:
@@ -12,9 +12,10 @@ class InferProgress:
 
     def __init__(self, enabled: bool, cases: int) -> None:
         self.enabled = enabled
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=err_console, disable=not enabled, transient=False,
+        # Case names are shown literally (markup=False); the bar exists only on a terminal (see new_progress).
+        self.progress = new_progress(
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), enabled=enabled, transient=False,
         )
         self.cases = self.progress.add_task("cases", total=cases)
         self.windows = self.progress.add_task("windows", total=1, visible=False)

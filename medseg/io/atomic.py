@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -23,18 +24,60 @@ def full_suffix(path: str | Path) -> str:
     return Path(path).suffix.lower()
 
 
+# Write failures that are the place's fault (full disk, read-only or forbidden folder), not a bug.
+_PLACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG}
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Refuse an output file name that cannot be written: a folder, or a parent that is missing, a file or read-only.
+
+    Commands call it before doing any work, so a bad ``-o`` fails in a second, not after the computation.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(path, "is a folder; give an output file name inside it")
+    if not parent.exists():
+        raise InputError(path, f"output folder {parent} does not exist")
+    if not parent.is_dir():
+        raise InputError(path, f"{parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"output folder {parent} is not writable (permission denied)")
+    return path
+
+
+def make_parent_folder(path: str | Path) -> Path:
+    """Create the folders above an output file; a file in the way or a forbidden folder is an InputError naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(path, f"{path.parent} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise InputError(path, "a file stands where one of its folders should be") from None
+    except OSError as error:
+        raise _place_error(path, error) from error
+    return path
+
+
+def _place_error(path: Path, error: OSError) -> InputError:
+    return InputError(path, f"cannot be written ({error.strerror or error})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     The temporary file keeps the destination's suffix so format-sniffing writers (nibabel,
     SimpleITK) behave the same. On any exception it is removed and ``path`` is untouched.
+    A full disk or a forbidden folder is an :class:`InputError` naming ``path``.
     """
-    path = Path(path)
+    path = check_output_file(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(path, f"output folder {parent} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{full_suffix(path)}", dir=parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=f".tmp{full_suffix(path)}", dir=parent)
+    except OSError as error:
+        raise _place_error(path, error) from error
     os.close(handle)
     temporary_path = Path(temporary)
     try:
@@ -44,6 +87,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(temporary_path, 0o666 & ~umask)
         os.replace(temporary_path, path)
+    except OSError as error:
+        if error.errno in _PLACE_ERRORS or isinstance(error, IsADirectoryError):
+            raise _place_error(path, error) from error
+        raise
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
@@ -110,7 +157,7 @@ def write_json(path: str | Path, data: object, indent: int | None = 2, *, allow_
 
     path = Path(path)
     if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent_folder(path)
     separators = None if indent else (",", ":")
     text = json.dumps(data, indent=indent, default=_json_default, separators=separators, allow_nan=allow_nan)
     return write_text(path, text + "\n")

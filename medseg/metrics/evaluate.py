@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from medseg import __version__
 from medseg.errors import ConfigError, InputError
@@ -25,7 +25,7 @@ from medseg.io.itk import ITK_SUFFIXES
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.readers import read_volume
 from medseg.io.volume import Volume
-from medseg.logging_setup import err_console
+from medseg.logging_setup import new_progress
 from medseg.metrics.aggregate import aggregate_cases, brats_summary, lesion_summary, worst_cases, worst_cases_overall
 from medseg.metrics.brats import BRATS_LESION_COLUMNS, brats_lesionwise, evaluate_brats
 from medseg.metrics.case import CASE_COLUMNS, LESION_COLUMNS, evaluate_case
@@ -212,9 +212,9 @@ def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool
     case_rows: list[dict] = []
     lesion_rows: list[dict] = []
     brats_rows: list[dict] = []
-    with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not progress,
+    with new_progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}", markup=False), TimeRemainingColumn(),
+        enabled=progress,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(pairs))
         for identifier, pred_source, gt_source in pairs:

@@ -67,5 +67,11 @@ def write_csv(rows: list[dict], columns: list[str], path: str | Path) -> Path:
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a CSV written by :func:`write_csv`, as strings (for the report and tests)."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv_with_header(path)[0]
+
+
+def read_csv_with_header(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows (as strings) and the header of a CSV; a file without a header row gives ``([], [])``."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader), list(reader.fieldnames or [])

@@ -15,13 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
 from medseg import __version__
 from medseg.config.loader import build
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path
-from medseg.logging_setup import err_console
+from medseg.io.atomic import atomic_path, make_parent_folder
+from medseg.logging_setup import new_progress
 from medseg.report.config import ReportConfig
 from medseg.report.figures import METRIC_TITLES, metric_figure, size_bin_figure
 from medseg.report.inputs import EvalData, dicom_identifiers, load_evaluation, locate_images, locate_label_maps, model_facts
@@ -113,8 +113,8 @@ def _thumbnails(data: EvalData, config: ReportConfig, images, pred, gt, include_
     taken: set[str] = set()
     thumbnails, anchors = [], {}
     by_case = {entry["case"]: entry for entry in ranking}
-    with Progress(TextColumn("drawing overlays"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  console=err_console, transient=True, disable=not progress) as bar:  # fmt: skip
+    with new_progress(TextColumn("drawing overlays"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}", markup=False),
+                      enabled=progress) as bar:  # fmt: skip
         task = bar.add_task("", total=len(chosen))
         for rank, identifier in enumerate(chosen, start=1):
             bar.update(task, description=identifier)
@@ -219,6 +219,8 @@ def build_report(
     if max_cases is not None:
         config = build(ReportConfig, config.model_dump() | {"max_cases": max_cases}, source="max_cases")
     out_html = Path(out_html)
+    if out_html.is_dir():  # refused before the work, not after it
+        raise InputError(out_html, "is a folder; give the report's file name, e.g. report.html")
     data = load_evaluation(eval_dir)
     summary, eval_config = data.summary, data.summary.get("config", {})
 
@@ -278,7 +280,7 @@ def build_report(
     html = render_html(context)
     if not include_phi:
         html = _mask_paths(html, [Path(eval_dir), *(Path(p) for p in (pred, gt, images, model, summary.get("prediction"), summary.get("reference")) if p), *image_paths.values()])
-    out_html.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_folder(out_html)
     with atomic_path(out_html) as temporary:
         temporary.write_text(html, encoding="utf-8")
     log.info("wrote %s (%.1f MB, %d overlay(s))", out_html.name, len(html) / 1e6, len(thumbnails))

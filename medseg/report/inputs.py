@@ -9,6 +9,7 @@ the builder only does with ``include_phi``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -21,7 +22,8 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.metrics.evaluate import case_id, pair_cases
-from medseg.metrics.outputs import read_csv
+from medseg.metrics.case import CASE_COLUMNS, LESION_COLUMNS
+from medseg.metrics.outputs import read_csv_with_header
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,35 @@ def _number(value: str) -> float | str:
         return value
 
 
-def _parsed(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    return [{key: value if key in TEXT_COLUMNS else _number(value) for key, value in row.items()} for row in rows]
+def _parsed(rows: list[dict[str, str]], columns: list[str], path: Path) -> list[dict[str, Any]]:
+    """Numbers parsed (NaN where empty); a known numeric column holding text is an InputError naming the row."""
+    numeric = set(columns) - TEXT_COLUMNS
+    parsed = []
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
+        values = {key: value if key in TEXT_COLUMNS else _number(value or "") for key, value in row.items() if key is not None}
+        for key in numeric & values.keys():
+            if isinstance(values[key], str):
+                raise InputError(path, f"line {number}: column '{key}' holds {values[key][:40]!r}, not a number")
+        parsed.append(values)
+    return parsed
+
+
+def _read_table(path: Path, columns: list[str], required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A CSV that `medseg evaluate` wrote, checked at the boundary: text, a header with the ``required`` columns, numbers where numbers belong."""
+    try:
+        rows, header = read_csv_with_header(path)
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text CSV file (binary data)") from None
+    except csv.Error as error:
+        raise InputError(path, f"not a readable CSV file ({error})") from error
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from error
+    if not header:
+        raise InputError(path, "is empty (no header row); write it again with `medseg evaluate`")
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise InputError(path, f"lacks column(s) {', '.join(missing)} (found: {', '.join(header[:12])}); not a `medseg evaluate` table")
+    return _parsed(rows, columns, path)
 
 
 @dataclass
@@ -144,12 +173,29 @@ def load_evaluation(eval_dir: str | Path) -> EvalData:
         raise InputError(summary_path, f"not readable JSON ({error})") from error
     if not isinstance(summary, dict) or "metrics" not in summary:
         raise InputError(summary_path, "not a medseg evaluation summary (no 'metrics')")
-    cases = _parsed(read_csv(cases_path))
+    _check_summary(summary, summary_path)
+    cases = _read_table(cases_path, CASE_COLUMNS, ("case", "label", "label_index", "dice", "tolerance_mm"))
     lesions_path = eval_dir / "lesions.csv"
-    lesions = _parsed(read_csv(lesions_path)) if lesions_path.is_file() else []
+    lesions = _read_table(lesions_path, LESION_COLUMNS, ("case", "label", "source")) if lesions_path.is_file() else []
     if not cases:
         raise InputError(cases_path, "holds no case rows")
     return EvalData(eval_dir, summary, cases, lesions)
+
+
+def _check_summary(summary: dict[str, Any], path: Path) -> None:
+    """The parts of summary.json the report reads by key must have the shapes `medseg evaluate` writes."""
+    labels = summary.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                                               and isinstance(entry.get("values"), list) for entry in labels):
+        raise InputError(path, "'labels' must be a list of {name, values} entries")
+    for key in ("case_ids", "lesion_labels"):
+        if summary.get(key) is not None and not isinstance(summary[key], list):
+            raise InputError(path, f"'{key}' must be a list")
+    for key in ("metrics", "config", "missing", "conventions", "seconds", "worst_cases", "lesions"):
+        if summary.get(key) is not None and not isinstance(summary[key], dict):
+            raise InputError(path, f"'{key}' must be a mapping")
+    if not all(isinstance(entry, dict) for entry in (summary["metrics"] or {}).values()):
+        raise InputError(path, "'metrics' must map each label to its metrics")
 
 
 def _source(given: str | Path | None, recorded: str | None) -> Path | None:

@@ -74,13 +74,17 @@ class CheckpointPayload(Record):
         if version != 1:
             return data
         data = dict(data)
-        spec = dict(data.get("model_spec") or {})
+        spec = data.get("model_spec") or {}
+        if not isinstance(spec, dict):  # the field's own validation says what is wrong
+            return data
+        spec = dict(spec)
         if "plan_configuration" in spec:
             spec["configuration"] = _format_1_configuration(spec.pop("plan_configuration"), data.get("plan"), data.get("config"))
         data["model_spec"] = spec
         data.pop("normalization", None)
         if "optimizer" in data:
             scheduler = data.pop("scheduler", {}) or {}
+            scheduler = scheduler if isinstance(scheduler, dict) else {}
             data["training"] = {
                 "optimizer": data.pop("optimizer"), "scaler": data.pop("scaler", {}),
                 "iteration": scheduler.get("iteration", 0), "elapsed_s": scheduler.get("elapsed_s", 0.0),
@@ -115,13 +119,15 @@ def _format_1_configuration(configuration: Any, plan: Any, config: Any) -> Any:
     if not isinstance(configuration, dict):
         return configuration
     result = dict(configuration)
-    name = ((config or {}).get("train") or {}).get("configuration") if isinstance(config, dict) else None
+    train = config.get("train") if isinstance(config, dict) else None
+    name = train.get("configuration") if isinstance(train, dict) else None
     result.setdefault("name", name or ("2d" if len(result.get("patch_size", [])) == 2 else "3d"))
     if isinstance(plan, dict) and "target_spacing" in plan:
         result.setdefault("target_spacing", plan["target_spacing"])
     if "spacing" not in result and isinstance(plan, dict):
-        planned = (plan.get("configurations") or {}).get(result["name"], {})
-        if "spacing" in planned:
+        planned = plan.get("configurations")
+        planned = planned.get(result["name"], {}) if isinstance(planned, dict) else {}
+        if isinstance(planned, dict) and "spacing" in planned:
             result["spacing"] = planned["spacing"]
     if len(result.get("patch_size", [])) == 2:
         result["slice_axis"] = 2  # format 1 trained and inferred 2D networks on the last RAS axis, whatever the plan said

@@ -37,12 +37,19 @@ def describe_validation_error(error: ValidationError) -> str:
     return f"{where}: {message}"
 
 
-def validate_record(model: type[RecordT], data: Any, source: str | Path) -> RecordT:
-    """``model`` from ``data``; a problem becomes an InputError naming ``source`` and the field."""
+def validate_record(model: type[RecordT], data: Any, source: str | Path, what: str | None = None) -> RecordT:
+    """``model`` from ``data``; a problem becomes an InputError naming ``source`` and the field.
+
+    ``data`` comes from a file, so a validator that trips over a value of the wrong type (a list
+    where a mapping belongs) is a problem of the file as much as a ValidationError is.
+    """
+    what = what or model.__name__.lower()
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise InputError(source, f"not a valid {model.__name__.lower()} ({describe_validation_error(error)})") from error
+        raise InputError(source, f"not a valid {what} ({describe_validation_error(error)})") from error
+    except (TypeError, AttributeError, KeyError) as error:
+        raise InputError(source, f"not a valid {what} (a value has the wrong type: {type(error).__name__}: {str(error)[:120]})") from error
 
 
 def read_json(path: str | Path) -> Any:

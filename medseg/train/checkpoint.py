@@ -10,7 +10,10 @@ during a save leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +84,31 @@ def load_checkpoint(path: str | Path) -> CheckpointPayload:
     if not path.is_file():
         raise InputError(path, "checkpoint does not exist" if not path.exists() else "is a folder, not a checkpoint file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols of files it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors vary by damage
-        raise InputError(path, f"not a readable medseg checkpoint ({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})") from error
+        raise InputError(path, f"not a readable medseg checkpoint ({describe_load_error(error)})") from error
     if not isinstance(raw, dict) or "format_version" not in raw or "model" not in raw:
         raise InputError(path, "not a medseg checkpoint (missing format_version/model)")
-    return validate_record(CheckpointPayload, raw, path)
+    return validate_record(CheckpointPayload, raw, path, what="checkpoint")
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def describe_load_error(error: Exception) -> str:
+    """What torch.load's several-paragraph error means, in a few words."""
+    text = str(error)
+    found = _GLOBAL.search(text)
+    if found:
+        return f"refused: it asks to load the Python object {found.group(1)}, and loading objects other than tensors could run code"
+    if isinstance(error, pickle.UnpicklingError) or "WeightsUnpickler" in text:
+        return "damaged, or not a file written by torch.save"
+    if "central directory" in text or "zip archive" in text or isinstance(error, EOFError):
+        return "truncated or corrupt: its zip archive is incomplete"
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    return first
 
 
 def inference_checkpoint(network: torch.nn.Module, config: Any, plan: Any, configuration: Any, *, in_channels: int, out_channels: int | None = None,

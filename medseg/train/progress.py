@@ -1,16 +1,19 @@
-"""Rich progress display for training: epoch, iterations/s, loss, LR, ETA."""
+"""Rich progress display for training: epoch, iterations/s, loss, LR, ETA (on a terminal; elsewhere notes are INFO logs)."""
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+import logging
 
-from medseg.logging_setup import err_console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medseg.logging_setup import new_progress
+
+log = logging.getLogger(__name__)
 
 
 class TrainingProgress:
     def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.progress = Progress(
+        self.progress = new_progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -18,9 +21,10 @@ class TrainingProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=err_console,
-            disable=not enabled,
+            enabled=enabled,
+            transient=False,
         )
+        self.enabled = enabled and not self.progress.disable
         self.task = self.progress.add_task("train", total=total, epoch=0, speed=0.0, loss=float("nan"), lr=0.0)
 
     def __enter__(self) -> TrainingProgress:
@@ -38,3 +42,5 @@ class TrainingProgress:
     def note(self, message: str) -> None:
         if self.enabled:
             self.progress.console.log(message)
+        else:
+            log.info(message)
