@@ -15,8 +15,8 @@ def train(
     target: Path = typer.Argument(..., help="A raw dataset folder (MSD/nnU-Net layout), a preprocessed cache, or a config YAML whose `dataset:` names one."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/); every hyperparameter lives there."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a config value, e.g. --set train.lr=0.02 --set model.base_features=16 (repeatable)."),
-    fold: str = typer.Option("0", "--fold", "-f", help="Fold to hold out (0-4), several in turn (0,1,2,3,4), or 'all' to train on every "
-                                                       "case (nnU-Net's meaning; validation then runs on training cases)."),
+    fold: Optional[str] = typer.Option(None, "--fold", "-f", help="Fold to hold out (0-4), several in turn (0,1,2,3,4), or 'all' to train on every "
+                                       "case (nnU-Net's meaning; validation then runs on training cases, labelled so) [default: train.fold = 0]."),
     configuration: Optional[str] = typer.Option(None, "--configuration", help="3d (the plan's default 3D: 3d_fullres on a GPU, 3d_lowres on "
                                                 "a CPU when the plan has one), 3d_fullres, 3d_lowres or 2d [default: train.configuration = 3d]."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget per fold; the LR schedule follows it and training ends cleanly."),
@@ -56,7 +56,7 @@ def train(
         settings.train.max_minutes = max_minutes
     if output:
         settings.run_dir = str(output)
-    folds = parse_folds(fold)
+    folds = parse_folds(fold) if fold is not None else None  # None: the config's train.fold
     for result in run_training(settings, folds, resume=resume):
         validation = result.last_validation
         scores = "" if not validation else ", ".join(f"{k}: {v:.4f}" for k, v in validation["dice"].items()) + f" ({validation['kind']})"
