@@ -34,35 +34,24 @@ def config_random_bytes(tmp):
     return b.Hostile(_plan(tmp, "--config", config), config, "not a text file", tmp / "out")
 
 
-def config_yaml_syntax_error(tmp):
-    """PyYAML's report spans four lines; the CLI says where on one."""
-    config = tmp / "broken.yaml"
-    config.write_text("train:\n  lr: [0.1,\n  epochs: 3\n")
-    return b.Hostile(_plan(tmp, "--config", config), config, "not valid YAML (line", tmp / "out")
+def _config_text_case(file_name: str, text: str, expected: str):
+    """A config file whose YAML text is wrong in one way; `plan --config` must name the file and the fault."""
+    def make_case(tmp):
+        config = tmp / file_name
+        config.write_text(text)
+        return b.Hostile(_plan(tmp, "--config", config), config, expected, tmp / "out")
+    make_case.__name__ = "config_" + Path(file_name).stem
+    return make_case
 
 
-def config_list_not_mapping(tmp):
-    config = tmp / "list.yaml"
-    config.write_text("- train\n- infer\n")
-    return b.Hostile(_plan(tmp, "--config", config), config, "must be a mapping", tmp / "out")
-
-
-def config_unknown_section(tmp):
-    config = tmp / "unknown_section.yaml"
-    config.write_text("trian:\n  lr: 0.1\n")
-    return b.Hostile(_plan(tmp, "--config", config), config, "trian: unknown key", tmp / "out")
-
-
-def config_unknown_key(tmp):
-    config = tmp / "unknown_key.yaml"
-    config.write_text("train:\n  learning_rate: 0.1\n")
-    return b.Hostile(_plan(tmp, "--config", config), config, "train.learning_rate: unknown key", tmp / "out")
-
-
-def config_wrong_type(tmp):
-    config = tmp / "wrong_type.yaml"
-    config.write_text("train:\n  epochs: many\n")
-    return b.Hostile(_plan(tmp, "--config", config), config, "train.epochs", tmp / "out")
+# PyYAML's syntax report spans four lines; the CLI says where on one.
+config_yaml_syntax_error = _config_text_case("yaml_syntax_error.yaml", "train:\n  lr: [0.1,\n  epochs: 3\n",
+                                             "not valid YAML (line")
+config_list_not_mapping = _config_text_case("list_not_mapping.yaml", "- train\n- infer\n", "must be a mapping")
+config_unknown_section = _config_text_case("unknown_section.yaml", "trian:\n  lr: 0.1\n", "trian: unknown key")
+config_unknown_key = _config_text_case("unknown_key.yaml", "train:\n  learning_rate: 0.1\n",
+                                       "train.learning_rate: unknown key")
+config_wrong_type = _config_text_case("wrong_type.yaml", "train:\n  epochs: many\n", "train.epochs")
 
 
 def config_is_a_folder(tmp):
