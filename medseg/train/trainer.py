@@ -285,7 +285,8 @@ class Trainer:
             tick = time.perf_counter()
             step_s += tick - fetched
             out_of_time = bool(budget_s and counters.elapsed_s + (tick - epoch_start) >= budget_s)
-            progress.update(counters.epoch, fraction * total if budget_s else counters.iteration, losses[-1] if losses else float("nan"), lr)
+            done_fraction = fraction if budget_s else counters.iteration / max(total, 1)
+            progress.update(counters.epoch, done_fraction, counters.iteration, losses[-1] if losses else float("nan"), lr)
             if distributed.any_rank(out_of_time, self.dist):
                 stopped = True
                 break
