@@ -9,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception's text on one short line (library messages often span several), or its type when it has none."""
+    return " ".join(str(error).split())[:limit] or type(error).__name__
+
+
 class MedsegError(Exception):
     """Base class for expected, user-facing failures."""
 

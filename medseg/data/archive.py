@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medseg.errors import InputError
+from medseg.errors import InputError, brief
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _tar_members(path: Path) -> list[Member]:
     except tarfile.ReadError as error:  # its text lists every decompressor tried, one per line
         raise InputError(path, "not a readable tar archive (not tar, tar.gz, tar.bz2 or tar.xz data, or cut short)") from error
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        raise InputError(path, f"not a readable tar archive ({type(error).__name__}: {' '.join(str(error).split())[:200]})") from error
+        raise InputError(path, f"not a readable tar archive ({type(error).__name__}: {brief(error)})") from error
     return members
 
 
@@ -99,7 +99,7 @@ def _zip_members(path: Path) -> list[Member]:
                 if name:
                     members.append(Member(name, info.is_dir(), int(info.file_size)))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
-        raise InputError(path, f"not a readable zip archive ({' '.join(str(error).split())[:200] or type(error).__name__})") from error
+        raise InputError(path, f"not a readable zip archive ({brief(error)})") from error
     return members
 
 
@@ -173,7 +173,7 @@ def safe_extract(archive: str | Path, destination: str | Path, skip_junk: bool =
         for top in tops:
             os.replace(staging / top, destination / top)
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as error:  # listed fine, but the data inside is damaged
-        raise InputError(archive, f"damaged: a member's data cannot be read ({' '.join(str(error).split())[:200] or type(error).__name__})") from error
+        raise InputError(archive, f"damaged: a member's data cannot be read ({brief(error)})") from error
     except OSError as error:
         raise InputError(destination, f"cannot extract {archive.name} here ({error.strerror or error})") from error
     finally:

@@ -24,7 +24,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from medseg.config import Section
-from medseg.errors import ConfigError, InputError
+from medseg.errors import ConfigError, InputError, brief
 from medseg.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def read_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: cannot read recipe ({' '.join(str(error).split())[:200]})") from error
+        raise ConfigError(f"{path}: cannot read recipe ({brief(error)})") from error
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:

@@ -5,8 +5,7 @@ Attributes load lazily so that every config load (it reads :mod:`medseg.infer.co
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medseg._lazy import lazy_exports
 
 _EXPORTS = {
     "InferConfig": "medseg.infer.config",
@@ -22,8 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medseg.infer' has no attribute '{name}'")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("medseg.infer", _EXPORTS)

@@ -105,10 +105,8 @@ def atomic_file_set(path: str | Path) -> Iterator[Path]:
     ``path`` itself last (readers open the header first, and it appears only once its data is
     complete); on any exception the folder and everything in it is removed.
     """
-    path = Path(path)
+    path = check_output_file(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(path, f"output folder {parent} does not exist")
     folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     moved: list[Path] = []
     try:

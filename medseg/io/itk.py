@@ -62,15 +62,16 @@ def _check_information(sitk, path: Path) -> None:
     shape = tuple(reader.GetSize()) + ((reader.GetNumberOfComponents(),) if reader.GetNumberOfComponents() > 1 else ())
     layout = read_layout(path)
     available = layout.data_bytes
+    bound: dict[str, int | None] = {}  # bzip2 and others: the voxel limit alone
     if layout.encoding == "raw":
-        check_declared_size(path, shape, dtype.itemsize, available_bytes=available)
+        bound = {"available_bytes": available}
     elif layout.encoding == "deflate":
-        check_declared_size(path, shape, dtype.itemsize, deflate_bytes=available)
+        bound = {"deflate_bytes": available}
     elif layout.encoding in ("text", "hex") and available is not None:
         # text: at least one digit and one separator per value; hex: two characters per byte
         per_value = 2 if layout.encoding == "text" else 2 * dtype.itemsize
         check_declared_size(path, shape, per_value, available_bytes=available + 1)
-    check_declared_size(path, shape, dtype.itemsize)  # bzip2 and others: the voxel limit alone
+    check_declared_size(path, shape, dtype.itemsize, **bound)
     if not layout.has_spacing:
         log.warning("%s: header gives no voxel size; assuming 1 mm", path)
 
@@ -112,4 +113,3 @@ def write_itk(volume: Volume, path: Path) -> None:
     image.SetOrigin([float(v) for v in origin])
     image.SetDirection([float(v) for v in direction.reshape(-1)])
     sitk.WriteImage(image, str(path), useCompression=True)
-

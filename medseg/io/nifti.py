@@ -157,10 +157,7 @@ def read_nifti(path: Path) -> Volume:
 
 def _keeps_source_forms(volume: Volume) -> bool:
     """True when the volume still sits on its source's grid, so the source's forms and codes are exact."""
-    meta = volume.meta
-    source_affine = meta.get("nifti_affine")
-    if source_affine is None:  # volumes from older callers carry only the forms
-        source_affine = meta.get("nifti_sform") if meta.get("nifti_sform") is not None else meta.get("nifti_qform")
+    source_affine = volume.meta.get("nifti_affine")
     return source_affine is not None and bool(np.allclose(source_affine, volume.affine, atol=1e-6))
 
 
@@ -168,10 +165,10 @@ def write_nifti(volume: Volume, path: Path) -> None:
     """Write ``volume``; when it still carries its source's qform/sform, write those and their codes back unchanged."""
     image = nib.Nifti1Image(volume.array, volume.affine)
     meta = volume.meta
-    if _keeps_source_forms(volume) and "nifti_sform_code" in meta:
-        sform, qform = meta.get("nifti_sform"), meta.get("nifti_qform")
+    if _keeps_source_forms(volume):
+        sform, qform = meta["nifti_sform"], meta["nifti_qform"]
         image.set_sform(sform, code=int(meta["nifti_sform_code"]) if sform is not None else 0)
-        image.set_qform(qform, code=int(meta.get("nifti_qform_code", 0)) if qform is not None else 0)
+        image.set_qform(qform, code=int(meta["nifti_qform_code"]) if qform is not None else 0)
     else:
         image.set_sform(volume.affine, code=1)
         if is_orthogonal(volume.affine):

@@ -4,15 +4,10 @@ Attributes load lazily so that every config load (it reads :mod:`medseg.report.c
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medseg._lazy import lazy_exports
 
 _EXPORTS = {"ReportConfig": "medseg.report.config", "build_report": "medseg.report.builder"}
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medseg.report' has no attribute '{name}'")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("medseg.report", _EXPORTS)

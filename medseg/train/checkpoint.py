@@ -107,8 +107,7 @@ def describe_load_error(error: Exception) -> str:
         return "damaged, or not a file written by torch.save"
     if "central directory" in text or "zip archive" in text or isinstance(error, EOFError):
         return "truncated or corrupt: its zip archive is incomplete"
-    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
-    return first
+    return text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
 
 
 def inference_checkpoint(network: torch.nn.Module, config: Any, plan: Any, configuration: Any, *, in_channels: int, out_channels: int | None = None,
