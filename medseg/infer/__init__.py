@@ -7,18 +7,9 @@ from __future__ import annotations
 
 from medseg._lazy import lazy_exports
 
-_EXPORTS = {
-    "InferConfig": "medseg.infer.config",
-    "PostprocessRule": "medseg.infer.config",
-    "LoadedModel": "medseg.infer.model",
-    "load_model": "medseg.infer.model",
-    "InferFailures": "medseg.infer.pipeline",
-    "InferReport": "medseg.infer.pipeline",
-    "infer": "medseg.infer.pipeline",
-    "CasePrediction": "medseg.infer.segmenter",
-    "Segmenter": "medseg.infer.segmenter",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_exports("medseg.infer", _EXPORTS)
+__getattr__, __all__ = lazy_exports("medseg.infer", {
+    "medseg.infer.config": ["InferConfig", "PostprocessRule"],
+    "medseg.infer.model": ["LoadedModel", "load_model"],
+    "medseg.infer.pipeline": ["InferFailures", "InferReport", "infer"],
+    "medseg.infer.segmenter": ["CasePrediction", "Segmenter"],
+})

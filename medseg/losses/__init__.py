@@ -6,16 +6,9 @@ from __future__ import annotations
 
 from medseg._lazy import lazy_exports
 
-_EXPORTS = {
-    "LossConfig": "medseg.losses.config",
-    "build_loss": "medseg.losses.factory",
-    "DiceCELoss": "medseg.losses.dice_ce",
-    "DeepSupervisionLoss": "medseg.losses.dice_ce",
-    "deep_supervision_weights": "medseg.losses.dice_ce",
-    "downsample_target": "medseg.losses.dice_ce",
-    "RegionDiceBCELoss": "medseg.losses.regions",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_exports("medseg.losses", _EXPORTS)
+__getattr__, __all__ = lazy_exports("medseg.losses", {
+    "medseg.losses.config": ["LossConfig"],
+    "medseg.losses.factory": ["build_loss"],
+    "medseg.losses.dice_ce": ["DiceCELoss", "DeepSupervisionLoss", "deep_supervision_weights", "downsample_target"],
+    "medseg.losses.regions": ["RegionDiceBCELoss"],
+})

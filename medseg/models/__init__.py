@@ -10,19 +10,8 @@ from __future__ import annotations
 
 from medseg._lazy import lazy_exports
 
-_EXPORTS = {
-    "ModelConfig": "medseg.models.config",
-    "available_models": "medseg.models.registry",
-    "build_model": "medseg.models.registry",
-    "model_entry": "medseg.models.registry",
-    "register_model": "medseg.models.registry",
-    "Topology": "medseg.models.topology",
-    "derive_kernels_and_strides": "medseg.models.topology",
-    "pad_to_divisible": "medseg.models.topology",
-    "plan_topology": "medseg.models.topology",
-    "resolve_topology": "medseg.models.topology",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_exports("medseg.models", _EXPORTS)
+__getattr__, __all__ = lazy_exports("medseg.models", {
+    "medseg.models.config": ["ModelConfig"],
+    "medseg.models.registry": ["available_models", "build_model", "model_entry", "register_model"],
+    "medseg.models.topology": ["Topology", "derive_kernels_and_strides", "pad_to_divisible", "plan_topology", "resolve_topology"],
+})

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from medseg._lazy import lazy_exports
 
-_EXPORTS = {"ReportConfig": "medseg.report.config", "build_report": "medseg.report.builder"}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__ = lazy_exports("medseg.report", _EXPORTS)
+__getattr__, __all__ = lazy_exports("medseg.report", {
+    "medseg.report.config": ["ReportConfig"],
+    "medseg.report.builder": ["build_report"],
+})
