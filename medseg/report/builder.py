@@ -22,10 +22,11 @@ from medseg.config.loader import build
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path, make_parent_folder
 from medseg.logging_setup import new_progress
+from medseg.report.brats import brats_context
 from medseg.report.config import ReportConfig
 from medseg.report.figures import METRIC_TITLES, metric_figure, size_bin_figure
 from medseg.report.inputs import EvalData, dicom_identifiers, load_evaluation, locate_images, locate_label_maps, model_facts
-from medseg.report.overlays import RADIOLOGICAL_NOTE, Thumbnail, anchor_for, case_thumbnail
+from medseg.report.overlays import RADIOLOGICAL_NOTE, Thumbnail, anchor_for, case_thumbnail, region_color
 from medseg.report.tables import MISSING, lesion_list, lesion_rows, number, per_label_tables, worst_per_label
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def _thumbnails(data: EvalData, config: ReportConfig, images, pred, gt, include_
     if note:
         return [], {}, [f"No overlays: {note}."], {}
     image_paths = locate_images(images, chosen)
-    names = data.label_values()
+    names, regions = data.label_values(), data.regions()
     taken: set[str] = set()
     thumbnails, anchors = [], {}
     by_case = {entry["case"]: entry for entry in ranking}
@@ -124,7 +125,7 @@ def _thumbnails(data: EvalData, config: ReportConfig, images, pred, gt, include_
                 continue
             anchor = anchor_for(identifier, taken)
             try:
-                thumb = case_thumbnail(identifier, anchor, *maps[identifier], image_paths.get(identifier), names, config)
+                thumb = case_thumbnail(identifier, anchor, *maps[identifier], image_paths.get(identifier), names, config, regions)
             except InputError as error:
                 notes.append(f"Case {identifier}: no overlay ({error if include_phi else error.problem}).")
                 bar.advance(task)
@@ -249,6 +250,8 @@ def build_report(
         "dataset_facts": _dataset_facts(data, inputs, include_phi),
         "model_facts": model_facts(model, summary, include_phi),
         "tables": per_label_tables(data),
+        "brats": brats_context(data, config.brats_lesions_listed),
+        "regions": [{"name": name, "color": region_color(i, config)} for i, (name, _) in enumerate(data.regions())],
         "hidden_labels": data.hidden_labels(),
         "confidence": f"{100 * eval_config.get('confidence', 0.95):g}%",
         "bootstrap": eval_config.get("bootstrap_samples", "?"),

@@ -32,6 +32,12 @@ class ReportConfig(Section):
     reference_color: str = Field("#19d3f3", description="Contour colour of the reference (ground truth).")
     prediction_color: str = Field("#ff9f1c", description="Contour colour of the prediction.")
     error_color: str = Field("#ff2d55", description="Fill colour of the largest disagreement component.")
+    region_colors: list[str] = Field(
+        default_factory=lambda: ["#34c759", "#ff3b30", "#ffd60a", "#0a84ff", "#bf5af2", "#64d2ff"],
+        min_length=1,
+        description="Region-based (BraTS-style) overlays: one colour per region, in the evaluation's label order (whole tumour, core, enhancing).",
+    )
+    region_fill_alpha: float = Field(0.45, gt=0, le=1, description="Opacity of the predicted-region fill in region-based overlays.")
     contour_width: float = Field(1.1, gt=0, description="Contour line width (points).")
     palette_colors: int = Field(256, ge=0, le=256, description="Quantise thumbnails to this many colours (PNG palette, ~3x smaller; 0 = full RGB).")
 
@@ -43,6 +49,7 @@ class ReportConfig(Section):
     plot_dpi: int = Field(90, ge=40, le=300, description="Resolution of the plots.")
     worst_labels_listed: int = Field(15, ge=1, description="Labels (worst first) in the worst-cases-per-label table.")
     missed_lesions_listed: int = Field(20, ge=0, description="Largest missed reference lesions listed in the lesion section.")
+    brats_lesions_listed: int = Field(40, ge=0, description="Reference lesions (worst first) listed in the BraTS lesion table.")
 
     # --- PDF ----------------------------------------------------------------------------
     chromium_timeout_s: float = Field(180.0, gt=0, description="Time limit for headless Chromium to print the PDF.")

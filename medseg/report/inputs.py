@@ -22,12 +22,13 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.metrics.evaluate import case_id, pair_cases
+from medseg.metrics.brats import BRATS_LESION_COLUMNS
 from medseg.metrics.case import CASE_COLUMNS, LESION_COLUMNS
 from medseg.metrics.outputs import read_csv_with_header
 
 log = logging.getLogger(__name__)
 
-TEXT_COLUMNS = {"case", "label", "label_index", "empty", "source", "size_bin", "matched"}
+TEXT_COLUMNS = {"case", "label", "label_index", "empty", "source", "size_bin", "matched", "kind"}
 IN_MEMORY = "<in-memory volume>"
 # nnU-Net names the image channels of case X as X_0000, X_0001, ...; the first one is shown.
 CHANNEL_SUFFIX = "_0000"
@@ -83,6 +84,7 @@ class EvalData:
     summary: dict[str, Any]
     cases: list[dict[str, Any]]
     lesions: list[dict[str, Any]] = field(default_factory=list)
+    brats_lesions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -91,6 +93,13 @@ class EvalData:
     @property
     def case_ids(self) -> list[str]:
         return list(self.summary.get("case_ids") or dict.fromkeys(row["case"] for row in self.cases))
+
+    def regions(self) -> list[tuple[str, list[int]]]:
+        """The evaluated labels as (name, values) when they are overlapping regions (BraTS' whole tumour, core,
+        enhancing), else []: a voxel value shared by two labels means a label map cannot colour them apart."""
+        entries = [(entry["name"], [int(value) for value in entry["values"]]) for entry in self.summary.get("labels", [])]
+        values = [value for _, group in entries for value in set(group)]
+        return entries if len(values) != len(set(values)) else []
 
     def label_values(self) -> dict[int, str]:
         """{voxel value: label name} of every evaluated label (a region contributes each of its values)."""
@@ -177,9 +186,11 @@ def load_evaluation(eval_dir: str | Path) -> EvalData:
     cases = _read_table(cases_path, CASE_COLUMNS, ("case", "label", "label_index", "dice", "tolerance_mm"))
     lesions_path = eval_dir / "lesions.csv"
     lesions = _read_table(lesions_path, LESION_COLUMNS, ("case", "label", "source")) if lesions_path.is_file() else []
+    brats_path = eval_dir / "brats_lesions.csv"
+    brats = _read_table(brats_path, BRATS_LESION_COLUMNS, ("case", "label", "kind", "volume_mm3", "dice")) if brats_path.is_file() else []
     if not cases:
         raise InputError(cases_path, "holds no case rows")
-    return EvalData(eval_dir, summary, cases, lesions)
+    return EvalData(eval_dir, summary, cases, lesions, brats)
 
 
 def _check_summary(summary: dict[str, Any], path: Path) -> None:

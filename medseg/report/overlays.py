@@ -11,6 +11,11 @@ differences join into one sprawling component whose centroid can lie anywhere, s
 through the component's *thickest* point (largest distance to agreeing voxels, in mm) instead.
 With no disagreement, they pass through the centroid of the reference structures.
 
+Overlapping regions (BraTS' whole tumour, tumour core, enhancing tumour) cannot be told apart by
+voxel value, so a region-based evaluation is drawn per region instead: each voxel gets a bit per
+region it belongs to, the disagreement is "some region differs", the prediction is filled and the
+reference outlined in one colour per region.
+
 The image is never reoriented or resampled as a whole: only the displayed planes are sampled from
 it through the two affines, so an image on a different grid than the labels (a DICOM series in
 LPS order, a finer resolution) still lines up in world coordinates.
@@ -77,6 +82,7 @@ class Panel:
     col_mm: float
     marker_mm: tuple[float, float]  # (x, y) of the slice centre from the panel's top-left corner
     position_mm: float  # world coordinate of the slice along the fixed axis
+    regions: tuple[str, ...] = ()  # region mode: ref/pred hold region bit codes (bit i = region i)
 
     @property
     def size_mm(self) -> tuple[float, float]:
@@ -107,6 +113,27 @@ def evaluated_only(array: np.ndarray, values: list[int]) -> np.ndarray:
     kept = [value for value in values if 0 < value <= top]
     table[kept] = kept
     return table[np.clip(array, 0, top)]
+
+
+MAX_REGIONS = 16  # bit codes in uint16
+
+
+def region_codes(array: np.ndarray, regions: list[list[int]]) -> np.ndarray:
+    """Bit i set where the voxel's value belongs to region i, so equal codes mean the same membership in every region."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "ui":
+        array = np.rint(array).astype(np.int64)
+    top = max(int(array.max()) if array.size else 0, max((v for group in regions for v in group), default=0))
+    table = np.zeros(top + 1, dtype=np.uint16)
+    for bit, values in enumerate(regions):
+        kept = [value for value in values if 0 < value <= top]
+        table[kept] |= np.uint16(1 << bit)
+    return table[np.clip(array, 0, top)]
+
+
+def region_code_names(names: list[str]) -> dict[int, str]:
+    """{bit code: name of its last region}: with nested regions listed outermost first, the innermost one."""
+    return {code: names[code.bit_length() - 1] for code in range(1, 1 << len(names))}
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -147,14 +174,35 @@ def component_labels(component: np.ndarray, box, pred: np.ndarray, ref: np.ndarr
     return names.get(ref_value, "background"), names.get(pred_value, "background")
 
 
+ZERO_BACKGROUND_FRACTION = 0.2
+
+
+def _intensity_sample(image: Volume) -> np.ndarray:
+    array = image.array if image.array.ndim == 3 else image.array[..., 0]
+    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))  # ~2M voxels are plenty for percentiles
+    sample = np.asarray(array[::step, ::step, ::step], dtype=np.float32)
+    return sample[np.isfinite(sample)]
+
+
+def zero_background(image: Volume | None, config: ReportConfig) -> bool:
+    """Whether exact zeros are a masked-out background (skull-stripped or brain-masked MR, as BraTS ships it):
+    then the window comes from the other voxels and zeros are drawn black, not as mid-grey tissue."""
+    if image is None or config.modality == "CT" or str(image.meta.get("modality", "")).upper() == "CT":
+        return False
+    sample = _intensity_sample(image)
+    if not sample.size or float(np.percentile(sample, 0.5)) < config.hu_air_threshold:  # CT in HU
+        return False
+    return float(np.mean(sample == 0)) > ZERO_BACKGROUND_FRACTION and float(sample.min()) < 0 < float(sample.max())
+
+
 def display_range(image: Volume | None, config: ReportConfig) -> tuple[float, float, str]:
     """(low, high, description) of the grey-level window: a HU window for CT, percentiles otherwise."""
     if image is None:
         return 0.0, 1.0, "no image, reference structures in grey"
-    array = image.array if image.array.ndim == 3 else image.array[..., 0]
-    step = max(1, round((array.size / 2_000_000) ** (1 / 3)))  # ~2M voxels are plenty for percentiles
-    sample = np.asarray(array[::step, ::step, ::step], dtype=np.float32)
-    sample = sample[np.isfinite(sample)]
+    sample = _intensity_sample(image)
+    background = zero_background(image, config)
+    if background:
+        sample = sample[sample != 0]
     modality = config.modality
     if modality == "auto":
         declared = str(image.meta.get("modality", "")).upper()
@@ -173,7 +221,8 @@ def display_range(image: Volume | None, config: ReportConfig) -> tuple[float, fl
     low, high = (float(v) for v in np.percentile(sample, [low_pct, high_pct]))
     high = high if high > low else low + 1.0
     name = "MR" if modality == "MR" else "intensity"
-    return low, high, f"{name} window: percentiles {low_pct:g} to {high_pct:g} ({low:.4g} to {high:.4g})"
+    text = f"{name} window: percentiles {low_pct:g} to {high_pct:g} ({low:.4g} to {high:.4g})"
+    return low, high, text + (" of the non-zero voxels; zero background in black" if background else "")
 
 
 def _crop(pred: np.ndarray, ref: np.ndarray, spacing: np.ndarray, config: ReportConfig) -> tuple[slice, ...]:
@@ -214,11 +263,22 @@ def _sample_image(image: Volume, label_affine: np.ndarray, index: tuple[slice, s
     return values.reshape(grids[0].shape)
 
 
-def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int, str], config: ReportConfig):
-    """The three panels of one case plus (centre world mm, error mL, error label pair, window text)."""
+def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int, str], config: ReportConfig,
+                regions: list[tuple[str, list[int]]] = ()):  # fmt: skip
+    """The three panels of one case plus (centre world mm, error mL, error label pair, window text).
+
+    ``regions`` (name, values) switches to region mode: the maps become region bit codes.
+    """
     pred, ref = pred.reoriented("RAS"), ref.reoriented("RAS")
-    values = sorted(names)
-    pred_array, ref_array = evaluated_only(pred.array, values), evaluated_only(ref.array, values)
+    region_names: tuple[str, ...] = ()
+    if 0 < len(regions) <= MAX_REGIONS:
+        region_names = tuple(name for name, _ in regions)
+        groups = [values for _, values in regions]
+        pred_array, ref_array = region_codes(pred.array, groups), region_codes(ref.array, groups)
+        names = region_code_names(list(region_names))
+    else:
+        values = sorted(names)
+        pred_array, ref_array = evaluated_only(pred.array, values), evaluated_only(ref.array, values)
     spacing = ref.spacing
     component, box, centre = largest_error(pred_array, ref_array, spacing)
     error_full = np.zeros(ref_array.shape, bool)
@@ -228,6 +288,7 @@ def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int
         error_ml = float(component.sum() * abs(np.linalg.det(ref.affine[:3, :3])) / 1000.0)
         pair = component_labels(component, box, pred_array, ref_array, names)
     low, high, window = display_range(image, config)
+    background = zero_background(image, config)
     crop = _crop(pred_array, ref_array, spacing, config)
     world = (ref.affine @ np.array([*centre, 1.0]))[:3]
     panels = []
@@ -235,15 +296,17 @@ def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int
         index = _plane_index(plane, centre, crop)
         ref2d, pred2d, error2d = (_display(array[index], plane) for array in (ref_array, pred_array, error_full))
         if image is not None:
-            grey = _display(_sample_image(image, ref.affine, index), plane)
-            grey = np.clip((np.nan_to_num(grey, nan=low) - low) / (high - low), 0, 1)
+            values = _display(_sample_image(image, ref.affine, index), plane)
+            grey = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1)
+            if background:
+                grey[values == 0] = 0.0
         else:
             grey = np.where(ref2d > 0, 0.42, 0.06)
         row_mm, col_mm = float(spacing[plane.rows]), float(spacing[plane.cols])
         col = crop[plane.cols].stop - 1 - centre[plane.cols]
         row = crop[plane.rows].stop - 1 - centre[plane.rows]
         marker = ((col + 0.5) * col_mm, (row + 0.5) * row_mm)
-        panels.append(Panel(plane, grey, ref2d, pred2d, error2d, row_mm, col_mm, marker, float(world[plane.fixed])))
+        panels.append(Panel(plane, grey, ref2d, pred2d, error2d, row_mm, col_mm, marker, float(world[plane.fixed]), region_names))
     return panels, tuple(float(v) for v in world), error_ml, pair, window
 
 
@@ -276,7 +339,9 @@ def layout(sizes_mm: list[tuple[float, float]], height_px: int, width_px: int) -
 def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
     """One PNG (data URI) of the three panels at one physical scale, with a legend."""
     boxes, canvas_w, canvas_h = layout([panel.size_mm for panel in panels], config.panel_height_px, config.max_width_px)
-    legend_h, dpi = 26.0, 100
+    handles = _legend(panels[0].regions, config)
+    columns = min(len(handles), 4)
+    legend_h, dpi = 8.0 + 18.0 * -(-len(handles) // columns), 100
     fig_w, fig_h = max(canvas_w, 420.0), canvas_h + legend_h
     fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi, facecolor="white")
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
@@ -286,14 +351,12 @@ def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
         extent_w, extent_h = panel.size_mm
         extent = (0, extent_w, extent_h, 0)
         axis.imshow(panel.grey, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear", aspect="auto")
-        if panel.error.any():
-            overlay = np.zeros((*panel.grey.shape, 4), np.float32)
-            overlay[panel.error] = [*to_rgb(config.error_color), 0.5]
-            axis.imshow(overlay, extent=extent, interpolation="nearest", aspect="auto")
         xs = (np.arange(panel.grey.shape[1]) + 0.5) * panel.col_mm
         ys = (np.arange(panel.grey.shape[0]) + 0.5) * panel.row_mm
-        for labels, color in ((panel.ref, config.reference_color), (panel.pred, config.prediction_color)):
-            _contours(axis, labels, xs, ys, color, config.contour_width)
+        if panel.regions:
+            _draw_regions(axis, panel, xs, ys, extent, config)
+        else:
+            _draw_labels(axis, panel, xs, ys, extent, config)
         axis.plot(*panel.marker_mm, marker="+", markersize=10, markeredgewidth=1.3, color="white")
         axis.set_xlim(0, extent_w)
         axis.set_ylim(extent_h, 0)
@@ -306,22 +369,58 @@ def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
         axis.text(0.5, 0.015, bottom, ha="center", va="bottom", **style)
         coordinate = "xyz"[panel.plane.fixed]
         fig.text(x / fig_w, 1 - (y - 3) / fig_h, f"{panel.plane.name}, {coordinate} = {panel.position_mm:.1f} mm", fontsize=8, va="bottom", ha="left", color="#333333")
-    handles = [
-        Line2D([], [], color=config.reference_color, linewidth=2, label="reference"),
-        Line2D([], [], color=config.prediction_color, linewidth=2, label="prediction"),
-        Patch(facecolor=config.error_color, alpha=0.5, label="largest disagreement"),
-        Line2D([], [], color="#444444", marker="+", linestyle="", markersize=8, label="slice centre"),
-    ]
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(4 / fig_w, 0.0), ncol=4, frameon=False, fontsize=8, handlelength=1.5, columnspacing=1.2)
+    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(4 / fig_w, 0.0), ncol=columns, frameon=False, fontsize=8, handlelength=1.5, columnspacing=1.2)
     return png_data_uri(fig, config.palette_colors)
 
 
-def _contours(axis, labels2d: np.ndarray, xs: np.ndarray, ys: np.ndarray, color: str, width: float) -> None:
-    if labels2d.shape[0] < 2 or labels2d.shape[1] < 2:
+def region_color(index: int, config: ReportConfig) -> str:
+    return config.region_colors[index % len(config.region_colors)]
+
+
+def _legend(regions: tuple[str, ...], config: ReportConfig) -> list:
+    centre = Line2D([], [], color="#444444", marker="+", linestyle="", markersize=8, label="slice centre")
+    if regions:
+        return [Patch(facecolor=region_color(i, config), alpha=0.8, label=name) for i, name in enumerate(regions)] + [
+            Line2D([], [], color="#444444", linewidth=2, label="line: reference, fill: prediction"),
+            Line2D([], [], color="#444444", linewidth=1.5, linestyle="--", label="largest disagreement"),
+            centre,
+        ]  # fmt: skip
+    return [
+        Line2D([], [], color=config.reference_color, linewidth=2, label="reference"),
+        Line2D([], [], color=config.prediction_color, linewidth=2, label="prediction"),
+        Patch(facecolor=config.error_color, alpha=0.5, label="largest disagreement"),
+        centre,
+    ]
+
+
+def _draw_labels(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent, config: ReportConfig) -> None:
+    """Label mode: the largest disagreement shaded, reference and prediction contours of every label."""
+    if panel.error.any():
+        overlay = np.zeros((*panel.grey.shape, 4), np.float32)
+        overlay[panel.error] = [*to_rgb(config.error_color), 0.5]
+        axis.imshow(overlay, extent=extent, interpolation="nearest", aspect="auto")
+    for labels, color in ((panel.ref, config.reference_color), (panel.pred, config.prediction_color)):
+        for value in np.unique(labels):
+            if value != 0:
+                _contour(axis, labels == value, xs, ys, color, config.contour_width)
+
+
+def _draw_regions(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent, config: ReportConfig) -> None:
+    """Region mode: predicted regions filled (later regions over earlier ones, as regions_class_order paints),
+    reference regions outlined in the same colours, the largest disagreement dashed."""
+    fill = np.zeros((*panel.grey.shape, 4), np.float32)
+    for bit in range(len(panel.regions)):
+        fill[(panel.pred >> bit) & 1 > 0] = [*to_rgb(region_color(bit, config)), config.region_fill_alpha]
+    axis.imshow(fill, extent=extent, interpolation="nearest", aspect="auto")
+    for bit in range(len(panel.regions)):
+        _contour(axis, (panel.ref >> bit) & 1 > 0, xs, ys, region_color(bit, config), 1.4 * config.contour_width)
+    _contour(axis, panel.error, xs, ys, "white", config.contour_width, linestyle="--")
+
+
+def _contour(axis, mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, color: str, width: float, linestyle: str = "solid") -> None:
+    if mask.shape[0] < 2 or mask.shape[1] < 2 or not mask.any():
         return
-    for value in np.unique(labels2d):
-        if value != 0:
-            axis.contour(xs, ys, (labels2d == value).astype(np.float32), levels=[0.5], colors=[color], linewidths=width)
+    axis.contour(xs, ys, mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=width, linestyles=linestyle)
 
 
 def _overlaps(image: Volume, ref: Volume) -> bool:
@@ -339,6 +438,7 @@ def case_thumbnail(
     image_path: Path | None,
     names: dict[int, str],
     config: ReportConfig,
+    regions: list[tuple[str, list[int]]] = (),  # type: ignore[assignment]
 ) -> Thumbnail:
     """Read one case's maps (and image) and render its thumbnail; notes say what could not be shown."""
     pred, ref = read_volume(pred_path, role="label"), read_volume(ref_path, role="label")
@@ -349,7 +449,7 @@ def case_thumbnail(
         image = None
     if image is not None and image.array.ndim == 4:
         notes.append(f"the image has {image.channels} channels: the first is shown")
-    panels, centre, error_ml, pair, window = case_panels(pred, ref, image, names, config)
+    panels, centre, error_ml, pair, window = case_panels(pred, ref, image, names, config, regions)
     return Thumbnail(case, anchor, draw_panels(panels, config), centre, error_ml, pair, window, notes)  # type: ignore[arg-type]
 
 

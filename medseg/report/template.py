@@ -77,7 +77,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if include_phi %}<p class="phi">This report contains identifying information (input paths{% if phi_cases %}, DICOM patient/study fields{% endif %}) because it was built with --include-phi. Do not share it outside the care team.</p>{% endif %}
 {% for note in notes %}<p class="note">{{ note }}</p>
 {% endfor %}
-<nav><a href="#summary">Dataset and model</a><a href="#per-label">Per-label metrics</a><a href="#plots">Distributions</a>{% if lesions %}<a href="#lesions">Lesion detection</a>{% endif %}<a href="#worst">Worst cases</a><a href="#cases">Case overlays</a><a href="#methods">Methods</a></nav>
+<nav><a href="#summary">Dataset and model</a><a href="#per-label">Per-label metrics</a><a href="#plots">Distributions</a>{% if brats %}<a href="#brats">BraTS lesion-wise</a>{% endif %}{% if lesions %}<a href="#lesions">Lesion detection</a>{% endif %}<a href="#worst">Worst cases</a><a href="#cases">Case overlays</a><a href="#methods">Methods</a></nav>
 </header>
 
 <section id="summary">
@@ -135,6 +135,35 @@ Cases where the label is absent from both maps are not plotted. Axes switch to a
 {% for plot in plots %}<img src="{{ plot.uri }}" id="plot-{{ plot.metric }}" alt="{{ plot.title }} per label">
 {% endfor %}</div>
 </section>
+
+{% if brats %}
+<section id="brats">
+<h2>BraTS lesion-wise scores</h2>
+<p class="explain">As the BraTS 2023 challenge scores them: per region, reference lesions are 26-connected components, joined when they touch after dilating the reference
+{{ brats.regions[0].dilation }} time(s); a predicted component touching a dilated lesion belongs to it; reference lesions of at most {{ brats.regions[0].min_volume }} mm&sup3; are left out of the scores;
+every false-positive component and every missed lesion counts Dice 0 and HD95 {{ brats.regions[0].penalty }} mm. Lesion-wise scores are per case (summed over its lesions and false positives),
+then {% if single %}shown for the single case{% else %}mean &plusmn; SD over cases with the {{ confidence }} bootstrap CI{% endif %}. <b>Dice</b>, <b>HD95</b> and <b>NSD</b> are the whole-region (legacy) scores.
+TP/FP/FN are lesion counts pooled over cases.</p>
+<div class="scroll">
+<table id="brats-regions" class="metrics">
+<thead><tr><th rowspan="2">region</th><th rowspan="2">cases</th>{% for column in brats.columns %}<th {% if not single %}colspan="2" {% endif %}class="group first">{{ column.title }}</th>{% endfor %}<th rowspan="2">TP</th><th rowspan="2">FP</th><th rowspan="2">FN</th></tr>
+<tr>{% for column in brats.columns %}<th class="first">{% if single %}value{% else %}mean &plusmn; SD{% endif %}</th>{% if not single %}<th>{{ confidence }} CI</th>{% endif %}{% endfor %}</tr></thead>
+<tbody>
+{% for row in brats.regions %}<tr><td class="label">{{ row.label }}</td><td class="num">{{ row.cases }}</td>{% for cell in row.cells %}<td class="num first"{% if cell.tint %} style="background: {{ cell.tint }}"{% endif %}>{{ cell.mean_sd }}</td>{% if not single %}<td class="num ci">{{ cell.ci }}</td>{% endif %}{% endfor %}<td class="num">{{ row.tp }}</td><td class="num">{{ row.fp }}</td><td class="num">{{ row.fn }}</td></tr>
+{% endfor %}</tbody>
+</table>
+</div>
+<h3>Reference lesions, worst first</h3>
+<p class="explain">{{ brats.lesions|length }} of {{ brats.lesions_total }} reference lesion(s): missed ones first, then by lesion Dice (set report.brats_lesions_listed for more).</p>
+{% if brats.lesions %}<div class="scroll"><table id="brats-lesions" class="data"><thead><tr><th>case</th><th>region</th><th>lesion</th><th>volume (mL)</th><th>scored</th><th>prediction</th><th>Dice</th><th>HD95 (mm)</th></tr></thead><tbody>
+{% for row in brats.lesions %}<tr><td><a href="#{{ anchors.get(row.case, 'cases') }}">{{ row.case }}</a></td><td>{{ row.label }}</td><td class="num">{{ row.lesion }}</td><td class="num">{{ row.volume_ml }}</td><td>{{ row.counted }}</td><td>{{ row.status }}</td><td class="num">{{ row.dice }}</td><td class="num">{{ row.hd95 }}</td></tr>
+{% endfor %}</tbody></table></div>{% endif %}
+<h3>False-positive components</h3>
+{% if brats.false_positives %}<div class="scroll"><table id="brats-false-positives" class="data"><thead><tr><th>case</th><th>region</th><th>components</th><th>total volume (mL)</th><th>largest (mL)</th></tr></thead><tbody>
+{% for row in brats.false_positives %}<tr><td><a href="#{{ anchors.get(row.case, 'cases') }}">{{ row.case }}</a></td><td>{{ row.label }}</td><td class="num">{{ row.count }}</td><td class="num">{{ row.total_ml }}</td><td class="num">{{ row.largest_ml }}</td></tr>
+{% endfor %}</tbody></table></div>{% else %}<p class="explain">None: every predicted component touches a reference lesion.</p>{% endif %}
+</section>
+{% endif %}
 
 {% if lesions %}
 <section id="lesions">
@@ -198,7 +227,9 @@ Links jump to the case's overlay{% if not_shown %}; cases without a link are bey
 <section id="cases">
 <h2>Case overlays</h2>
 <p class="explain">{{ overlay_intro }} Each row: axial, coronal and sagittal slices through the largest connected region where prediction and reference disagree (shaded; + marks the slice centre).
-<b style="color: {{ reference_color }}">Reference</b> and <b style="color: {{ prediction_color }}">prediction</b> contours are drawn for every evaluated label. {{ radiological }}</p>
+{% if regions %}One colour per region ({% for region in regions %}<b style="color: {{ region.color }}">{{ region.name }}</b>{% if not loop.last %}, {% endif %}{% endfor %}):
+the prediction is filled (inner regions over outer ones) and the reference outlined in the same colour; the largest disagreement (a voxel where any region differs) is dashed white.
+{% else %}<b style="color: {{ reference_color }}">Reference</b> and <b style="color: {{ prediction_color }}">prediction</b> contours are drawn for every evaluated label.{% endif %} {{ radiological }}</p>
 {% for note in overlay_notes %}<p class="note">{{ note }}</p>{% endfor %}
 {% for thumb in thumbnails %}<figure id="{{ thumb.anchor }}">
 <div class="case-title">{{ thumb.rank }}. {{ thumb.case }}</div>
