@@ -27,7 +27,8 @@ def infer(
     model: Path = typer.Argument(..., help="A checkpoint (.pt), a run folder (uses checkpoint_best.pt, else checkpoint_last.pt), "
                                             "or a folder of fold_* run folders (their softmax outputs are averaged)."),
     source: str = typer.Argument(..., metavar="INPUT", help="A NIfTI/NRRD/MHA file, a DICOM series folder, a folder of cases "
-                                                            "(files and DICOM series subfolders), or a quoted glob like 'scans/*.nii.gz'."),
+                                                            "(files and DICOM series subfolders), a case folder (or folder of them) laid out as the "
+                                                            "`medseg dataset import` the model was trained on, or a quoted glob like 'scans/*.nii.gz'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if needed), or a .nii.gz file name for a single case."),
     tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8 passes in 3D). Default: on with CUDA, off on CPU."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Sliding-window overlap, 0 to <1. Default 0.5 (nnU-Net)."),
@@ -67,6 +68,7 @@ def infer(
       medseg infer runs/liver archive/ -o masks/ --shard 3/8 --skip-existing   (SLURM array task 3 of 8)
       medseg infer runs/liver dicom/series_folder -o masks/ --dicom-seg        (PACS-ready DICOM-SEG too)
       medseg infer liver.onnx ct.nii.gz -o masks/                              (ONNX Runtime, no PyTorch network)
+      medseg infer runs/brats brats_cases/BraTS2021_00000 -o masks/   (a case folder as imported: channels by pattern, mask applied)
     """
     from medseg.config.loader import load_config, save_resolved
     from medseg.infer.model import load_for_backend

@@ -88,6 +88,8 @@ class DatasetDescription:
     regions_class_order: list[int] | None = None  # nnU-Net v2: region i paints this class when its sigmoid > 0.5
     ignore_label: int | None = None  # nnU-Net v2 "ignore": unannotated voxels, never a class
     foreground_mask: bool = False  # images were masked at import (zero outside the brain): normalise inside the nonzero mask
+    channel_patterns: list[str] = field(default_factory=list)  # per-case-folder file patterns of an import, in channel order
+    mask_pattern: str | None = None  # the import's foreground mask pattern
 
     @property
     def has_regions(self) -> bool:
@@ -405,7 +407,19 @@ def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
         regions_class_order=order,
         ignore_label=ignore,
         foreground_mask=isinstance(data.get("foreground_mask"), dict),
+        **_import_patterns(data, channels),
     )
+
+
+def _import_patterns(data: dict[str, Any], channels: list[str]) -> dict[str, Any]:
+    """The per-case-folder patterns ``medseg dataset import`` recorded, when every channel has one."""
+    recorded = data.get("medseg_import") if isinstance(data.get("medseg_import"), dict) else {}
+    patterns = recorded.get("channels") if isinstance(recorded.get("channels"), dict) else {}
+    if not channels or not all(isinstance(patterns.get(name), str) for name in channels):
+        return {}
+    mask = data.get("foreground_mask") if isinstance(data.get("foreground_mask"), dict) else {}
+    return {"channel_patterns": [patterns[name] for name in channels],
+            "mask_pattern": mask.get("pattern") if isinstance(mask.get("pattern"), str) else None}
 
 
 def _int_or_none(value: Any) -> int | None:

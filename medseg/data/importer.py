@@ -39,6 +39,7 @@ from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import full_suffix, write_json
 from medseg.io.geometry import corner_points
 from medseg.io.readers import READABLE_SUFFIXES, read_volume, write_volume
+from medseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def _regions(regions: str | None, region_defs, region_order: str | None, preset)
 
 
 # --- discovery -----------------------------------------------------------------------------------
-def _case_files(folder: Path) -> list[str]:
+def case_files(folder: Path) -> list[str]:
     """Readable files under a case folder, as posix paths relative to it (hidden and junk skipped)."""
     found = []
     for directory, subfolders, files in os.walk(folder):
@@ -196,7 +197,7 @@ def discover_cases(src: Path, spec: ImportSpec) -> list[SourceCase]:
         raise InputError(src, "holds no case folders (expected one folder per case, e.g. BraTS2021_00000/)")
     cases = []
     for folder in folders:
-        files = _case_files(folder)
+        files = case_files(folder)
         channels = [match_one(folder, files, pattern, f"channel {name}") for name, pattern in spec.channels]
         label = match_one(folder, files, spec.label, "label", required=not spec.allow_unlabelled)
         mask = match_one(folder, files, spec.mask, "mask") if spec.mask else None
@@ -274,12 +275,15 @@ def _write_image(source: Path, target: Path, mask: np.ndarray | None, mode: Link
         _link(source, target, mode)
         return True
     volume = read_volume(source, role="image")
-    if mask is not None:
-        array = np.array(volume.array, copy=True)
-        array[~mask] = 0
-        volume = volume.with_array(array)
-    write_volume(volume, target)
+    write_volume(zero_outside(volume, mask) if mask is not None else volume, target)
     return False
+
+
+def zero_outside(volume: Volume, mask: np.ndarray) -> Volume:
+    """The image with every voxel outside ``mask`` set to 0: what the import does and what inference repeats."""
+    array = np.array(volume.array, copy=True)
+    array[~mask] = 0
+    return volume.with_array(array)
 
 
 def _write_label(source: Path, target: Path, mode: LinkMode) -> bool:

@@ -383,6 +383,7 @@ def make_plan(description: DatasetDescription, fingerprint: dict[str, Any], conf
         labels=dict(sorted(description.labels.items())),
         regions={k: list(v) for k, v in description.regions.items()},
         regions_class_order=description.regions_class_order,
+        case_folder={"channels": description.channel_patterns, "mask": description.mask_pattern} if description.channel_patterns else None,
         target_spacing=spacing,
         target_spacing_reason=spacing_reason,
         resampling_note=f"coarse axis resampled separately with order 0 when one axis is more than {config.separate_axis_ratio:g}x coarser than the finest",

@@ -8,6 +8,10 @@ models take nnU-Net-style groups ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``.
 per case; a single-channel model also accepts ``<case>_0000.nii.gz`` (the case is then ``<case>``).
 Problems that concern one case (a missing channel file) are returned per case, so the other
 cases still run.
+
+A model trained on a ``medseg dataset import`` of per-case folders also reads such folders as they
+are (a BraTS case folder ``Flair_*``, ``T1c_*``...): its plan keeps the import's file patterns, and
+the folder's foreground mask, if the import used one, is applied as it was to the training images.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medseg.data import naming
+from medseg.data.importer import case_files, match_one, zero_outside
 from medseg.errors import InputError
 from medseg.io.atomic import full_suffix
 from medseg.io.readers import READABLE_SUFFIXES, is_dicom_file, read_volume
 from medseg.io.volume import Volume
+from medseg.schema.plan import CaseFolderLayout
 
 _GLOB_CHARACTERS = set("*?[")
 DICOM_PROBE_FILES = 8
@@ -34,6 +42,7 @@ class CaseSource:
     paths: list[Path]
     dicom: bool = False
     problem: str | None = None  # set when the case cannot run (reported, the others go on)
+    mask: Path | None = None  # a case folder's foreground mask (zero outside it, as at import)
 
     @property
     def where(self) -> Path:
@@ -93,8 +102,34 @@ def _group(files: list[Path], in_channels: int) -> list[CaseSource]:
     return sorted(cases, key=lambda case: case.name)
 
 
-def discover_cases(source: str | Path, in_channels: int) -> Discovery:
-    """Resolve INPUT into cases; an INPUT that names nothing usable is an InputError."""
+def _layout_case(folder: Path, layout: CaseFolderLayout, files: list[str]) -> CaseSource:
+    """The case of a folder laid out as the training import's case folders (problem set when a pattern fails)."""
+    try:
+        channels = [match_one(folder, files, pattern, f"channel {index} ({pattern})") for index, pattern in enumerate(layout.channels)]
+        mask = match_one(folder, files, layout.mask, "mask") if layout.mask else None
+    except InputError as error:
+        return CaseSource(folder.name, [folder], problem=error.problem)
+    return CaseSource(folder.name, channels, mask=mask)  # type: ignore[arg-type]
+
+
+def _layout_cases(path: Path, layout: CaseFolderLayout | None) -> Discovery | None:
+    """``path`` as one case folder (its own files match every channel pattern) or as a folder of case folders."""
+    if layout is None:
+        return None
+    own = [entry.name for entry in sorted(path.iterdir()) if entry.is_file() and not naming.is_junk(entry)]
+    case = _layout_case(path, layout, own)
+    if case.problem is None:
+        return Discovery([case], single=True)
+    folders = [entry for entry in sorted(path.iterdir()) if entry.is_dir() and not naming.is_junk(entry) and not is_dicom_folder(entry)]
+    cases = [_layout_case(folder, layout, case_files(folder)) for folder in folders]
+    return Discovery(cases) if any(case.problem is None for case in cases) else None
+
+
+def discover_cases(source: str | Path, in_channels: int, layout: CaseFolderLayout | None = None) -> Discovery:
+    """Resolve INPUT into cases; an INPUT that names nothing usable is an InputError.
+
+    ``layout``: the training import's per-case-folder patterns (from the model's plan), if any.
+    """
     text = str(source)
     path = Path(source)
     if not path.exists() and _GLOB_CHARACTERS & set(text):
@@ -119,6 +154,8 @@ def discover_cases(source: str | Path, in_channels: int) -> Discovery:
         discovery = Discovery(cases, single=True)
     elif is_dicom_folder(path):
         discovery = Discovery([CaseSource(path.name, [path], dicom=True)], single=True)
+    elif (laid_out := _layout_cases(path, layout)) is not None:
+        discovery = laid_out
     else:
         entries = [entry for entry in sorted(path.iterdir()) if not naming.is_junk(entry)]
         files = [entry for entry in entries if _image_file(entry)]
@@ -145,6 +182,8 @@ def read_case(case: CaseSource, in_channels: int, spatial_dims: int, series: str
         volumes = read_volume(case.where, allow_channels=True).split_channels()
     else:
         volumes = [read_volume(path) for path in case.paths]
+    if case.mask is not None:
+        volumes = _masked(volumes, case.mask)
     if len(volumes) != in_channels:
         hint = " (multi-channel input: one 4D file, or <case>_0000, <case>_0001... files)" if in_channels > 1 else ""
         raise InputError(case.where, f"has {len(volumes)} channel(s); the model takes {in_channels}{hint}")
@@ -152,3 +191,15 @@ def read_case(case: CaseSource, in_channels: int, spatial_dims: int, series: str
     if spatial_dims == 3 and min(shape) == 1:
         raise InputError(case.where, f"is a 2D image (shape {shape}); this model is 3D and needs a volume with several slices")
     return volumes
+
+
+def _masked(volumes: list[Volume], mask_path: Path) -> list[Volume]:
+    """Channels with voxels outside the case's foreground mask set to 0 (the mask must share their grid)."""
+    mask = read_volume(mask_path, role="label")
+    for volume in volumes:
+        if volume.shape != mask.shape or not np.allclose(volume.affine, mask.affine, atol=1e-3):
+            raise InputError(mask_path, f"mask grid {mask.shape} differs from the image grid {volume.shape}; it must sample the same voxels")
+    inside = np.asarray(mask.array) > 0
+    if not inside.any():
+        raise InputError(mask_path, "mask is empty")
+    return [zero_outside(volume, inside) for volume in volumes]

@@ -228,7 +228,7 @@ def infer(
     started = time.perf_counter()
     out = Path(out)
     segmenter = segmenter or Segmenter(model, config)
-    discovery = discover_cases(source, segmenter.model.in_channels)
+    discovery = discover_cases(source, segmenter.model.in_channels, segmenter.model.plan.case_folder)
     single_file = _single_file_output(out)
     if single_file and not discovery.single:
         raise InputError(out, "is a file name, but INPUT holds several cases; give an output folder")

@@ -32,6 +32,14 @@ class ChannelInfo(Record):
     modality: str
 
 
+class CaseFolderLayout(Record):
+    """How the training data's per-case folders named their files (``medseg dataset import``), so that
+    ``medseg infer`` reads such a folder as it is, exactly as the import prepared the training images."""
+
+    channels: list[str] = Field(min_length=1, description="glob pattern of each channel's file, in channel order")
+    mask: str | None = Field(None, description="foreground mask pattern: image voxels outside it were set to 0 at import")
+
+
 class ChannelNormalization(Record):
     """How one input channel is normalised (CT: dataset statistics; others: per image)."""
 
@@ -189,6 +197,7 @@ class Plan(Record):
     labels: dict[int, str]
     regions: dict[str, list[int]] = Field(default_factory=dict)
     regions_class_order: list[int] | None = None
+    case_folder: CaseFolderLayout | None = None
     canonical_orientation: Literal["RAS"] = "RAS"
     transpose: list[int] = Field(default_factory=lambda: [0, 1, 2])
     target_spacing: list[float] = Field(min_length=3, max_length=3)

@@ -13,26 +13,7 @@ from medseg.data.dataset import load_dataset
 from medseg.data.importer import ImportSpec, import_dataset, resolve_spec
 from medseg.errors import ConfigError, InputError
 from medseg.io.readers import read_volume
-from tests.data._builders import phantom, save_nifti, store_as
-
-AFFINE = np.array([[-1.0, 0, 0, 30], [0, -1.0, 0, 20], [0, 0, 1.5, -5], [0, 0, 0, 1]])  # LPS storage, 1.5 mm slices
-
-
-def brats_like(root: Path, cases: int = 2, shape=(14, 12, 8), seed: int = 0, float_label: bool = True) -> Path:
-    """Case folders named as the DeepMedic BraTS 2015 copy: Flair_*, T1c_*, OTMultiClass (float), brainmask."""
-    for index in range(cases):
-        folder = root / f"pat{index:02d}"
-        image, label = phantom(shape, "MR", seed + index)
-        label = label.astype(np.float32) * (2 if index % 2 else 1)  # values {0,1,2} or {0,2,4}
-        brain = (image > 0).astype(np.float64)
-        shifted = np.where(brain > 0, image, -3.5).astype(np.float32)  # z-scored copy: air is not 0
-        save_nifti(shifted, AFFINE, folder / "Flair_subtrMeanDivStd.nii.gz")
-        save_nifti(shifted * 0.5, AFFINE, folder / "T1c_subtrMeanDivStd.nii.gz")
-        save_nifti(label if float_label else label.astype(np.uint8), AFFINE, folder / "OTMultiClass.nii.gz")
-        save_nifti(brain, AFFINE, folder / "brainmask.nii.gz")
-        (folder / "License.txt").write_text("not an image")
-    return root
-
+from tests.data._builders import AFFINE_LPS as AFFINE, brats_like, phantom, save_nifti, store_as
 
 def plain_spec(**options) -> ImportSpec:
     return resolve_spec(channels=["FLAIR=flair*", "T1c=T1C_*"], label="OTMultiClass*", **options)

@@ -86,3 +86,51 @@ def test_nested_dicom_export_is_one_input(tmp_path):
     discovery = discover_cases(tmp_path / "export", in_channels=1)
     assert discovery.single and [(c.name, c.dicom) for c in discovery.cases] == [("export", True)]
     assert read_case(discovery.cases[0], 1, 3)[0].shape == (8, 8, 3)
+
+
+# --- case folders laid out as the training import's (medseg dataset import) -----------------------
+def _imported(tmp_path):
+    from medseg.data.dataset import load_dataset
+    from medseg.data.importer import import_dataset, resolve_spec
+    from medseg.schema.plan import CaseFolderLayout
+    from tests.data._builders import brats_like
+
+    src = brats_like(tmp_path / "src")
+    import_dataset(src, tmp_path / "dataset", resolve_spec(preset="brats2015"))
+    description = load_dataset(tmp_path / "dataset")
+    return src, tmp_path / "dataset", CaseFolderLayout(channels=description.channel_patterns, mask=description.mask_pattern)
+
+
+def test_import_records_the_case_folder_layout(tmp_path):
+    _, _, layout = _imported(tmp_path)
+    assert layout.channels == ["Flair*", "T1c*"] and layout.mask == "brainmask*"
+
+
+def test_a_case_folder_reads_exactly_as_its_imported_channels(tmp_path):
+    from medseg.infer.inputs import discover_cases, read_case
+    from medseg.io.readers import read_volume
+
+    src, dataset, layout = _imported(tmp_path)
+    found = discover_cases(src / "pat01", 2, layout)
+    assert found.single and [case.name for case in found.cases] == ["pat01"]
+    case = found.cases[0]
+    assert [path.name for path in case.paths] == ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"] and case.mask.name == "brainmask.nii.gz"
+    volumes = read_case(case, 2, 3)
+    for index, volume in enumerate(volumes):  # the mask applied as at import: the very arrays training saw
+        imported = read_volume(dataset / "imagesTr" / f"pat01_{index:04d}.nii.gz")
+        assert np.array_equal(volume.array, imported.array) and np.allclose(volume.affine, imported.affine)
+    assert (volumes[0].array == 0).any()  # outside the brain mask (air was -3.5 in the source)
+
+
+def test_a_folder_of_case_folders_and_one_that_does_not_match(tmp_path):
+    from medseg.infer.inputs import discover_cases
+
+    src, _, layout = _imported(tmp_path)
+    (src / "notes").mkdir()
+    (src / "notes" / "readme.nii.gz").write_bytes(b"")
+    found = discover_cases(src, 2, layout)
+    assert not found.single and [case.name for case in found.cases] == ["notes", "pat00", "pat01"]
+    assert found.cases[0].problem.startswith("no file matches the channel 0 (Flair*) pattern")
+    assert found.cases[1].problem is None and found.cases[2].problem is None
+    without = discover_cases(src / "pat00", 2, None)  # a model without the layout: plain files, one case each
+    assert {case.name for case in without.cases} >= {"Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd"}

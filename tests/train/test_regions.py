@@ -158,3 +158,23 @@ def test_changed_regions_replan(synthetic, tmp_path):
     nnunet_copy(synthetic, tmp_path / "nn", REGION_LABELS, order=[1, 2])
     plan = read_cache(_cache(dataset, tmp_path / "work"))[0]
     assert plan.has_regions and plan.regions_class_order == [1, 2]
+
+
+def test_model_of_an_import_infers_a_raw_case_folder_as_its_imported_channels(tmp_path):
+    """The plan keeps the import's file patterns (and mask), so `medseg infer RUN CASE_FOLDER` needs no conversion."""
+    from medseg.data.importer import import_dataset, resolve_spec
+    from medseg.infer import InferConfig, Segmenter, infer
+    from tests.data._builders import brats_like
+
+    src = brats_like(tmp_path / "src", cases=2, shape=(40, 36, 20))
+    import_dataset(src, tmp_path / "dataset", resolve_spec(preset="brats2015"))
+    cache = _cache(tmp_path / "dataset", tmp_path / "work")
+    trainer, _ = _train(cache, tmp_path / "run", "plan.target_spacing=[1.5,1.5,1.5]", "train.patch_size=[16,16,16]")
+    assert trainer.plan.case_folder.channels == ["Flair*", "T1c*"] and trainer.plan.case_folder.mask == "brainmask*"
+    segmenter = Segmenter(tmp_path / "run", InferConfig(threads=1))
+    infer(segmenter.model, src / "pat00", tmp_path / "raw", segmenter=segmenter)
+    infer(segmenter.model, tmp_path / "dataset" / "imagesTr" / "pat00_0000.nii.gz", tmp_path / "imported", segmenter=segmenter)
+    raw, imported = (read_volume(tmp_path / folder / "pat00.nii.gz", role="label") for folder in ("raw", "imported"))
+    assert np.array_equal(raw.array, imported.array) and np.allclose(raw.affine, imported.affine)
+    flair = read_volume(src / "pat00" / "Flair_subtrMeanDivStd.nii.gz")
+    assert raw.shape == flair.shape and np.allclose(raw.affine, flair.affine)  # the input's exact grid
