@@ -36,7 +36,7 @@ from medseg.data.import_presets import BRATS_REGIONS, PRESETS
 from medseg.data.naming import is_junk
 from medseg.data.preprocess import GRID_TOLERANCE_MM
 from medseg.errors import ConfigError, InputError
-from medseg.io.atomic import full_suffix, write_json
+from medseg.io.atomic import full_suffix, make_parent_folder, write_json
 from medseg.io.geometry import corner_points
 from medseg.io.readers import READABLE_SUFFIXES, read_volume, write_volume
 from medseg.io.volume import Volume
@@ -356,8 +356,7 @@ def dataset_json(spec: ImportSpec, cases: list[SourceCase], src: Path, dest: Pat
 def _staging_folder(dest: Path) -> Path:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError(dest, "already exists and is not empty; import into a new folder")
-    if not dest.parent.is_dir():
-        raise InputError(dest, f"parent folder {dest.parent} does not exist")
+    make_parent_folder(dest)  # `import SRC data/brats` on a fresh checkout: data/ is made, as `train -o` and `infer -o` do
     staging = dest.parent / f".{dest.name}.importing-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)

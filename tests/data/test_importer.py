@@ -195,3 +195,12 @@ def test_real_brats2015_import(tmp_path, shared_file):
             assert written.shape == (240, 240, 155) and np.array_equal(written.affine, source.affine)
     label = np.asanyarray(nib.load(str(tmp_path / "brats" / "labelsTr" / f"{report.cases[0]}.nii.gz")).dataobj)
     assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3, 4}
+
+
+def test_missing_parent_folders_of_the_destination_are_made(tmp_path):
+    src = brats_like(tmp_path / "src")
+    report = import_dataset(src, tmp_path / "data" / "nested" / "brats", plain_spec())
+    assert (tmp_path / "data" / "nested" / "brats" / "dataset.json").is_file() and len(report.cases) == 2
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        import_dataset(src, tmp_path / "file" / "brats", plain_spec())
