@@ -166,11 +166,20 @@ def plan(
 
     output = output or default_work_dir(load_dataset(directory).name) / "plans.json"
     result = plan_dataset(directory, settings, output, workers=workers or settings.preprocess.workers)
-    print_plan(result)
+    print_plan(result, training_overrides(settings))
     console.print(f"wrote {output}")
 
 
-def print_plan(plan) -> None:
+def training_overrides(settings) -> list[str]:
+    """Config values that replace the planner's choices when `medseg train` runs with this config (the plan file keeps its own)."""
+    chosen = {"train.configuration": settings.train.configuration if settings.train.configuration != "3d" else None,
+              "train.patch_size": settings.train.patch_size, "train.batch_size": settings.train.batch_size,
+              "model.name": settings.model.name if settings.model.name != "dynunet" else None,
+              "model.base_features": settings.model.base_features, "model.max_features": settings.model.max_features}  # fmt: skip
+    return [f"{key} = {value}" for key, value in chosen.items() if value is not None]
+
+
+def print_plan(plan, overrides: list[str] = ()) -> None:
     """Every choice of a :class:`~medseg.schema.Plan` with its reason."""
     table = Table(title=f"plan for {plan.dataset} ({plan.fingerprint_summary.get('num_cases', '?')} cases)", show_header=False)
     table.add_column("choice", style="bold", no_wrap=True)
@@ -192,6 +201,8 @@ def print_plan(plan) -> None:
                       + (f"; {conf.spacing_reason}" if conf.spacing_reason else ""))
     for alias, target in plan.aliases.items():
         table.add_row(f"'{alias}' means", f"{target}: {plan.alias_reasons.get(alias, '')}")
+    if overrides:
+        table.add_row("config overrides", f"{', '.join(overrides)}: what `medseg train` uses with this config instead of the planned values above")
     table.add_row("preprocessing identity", plan.preprocessing_hash)
     print_table(table)
 

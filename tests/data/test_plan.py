@@ -164,3 +164,15 @@ def test_cli_plan_prints_choices_and_writes_json(tmp_path, monkeypatch):
     assert "target spacing" in result.output and "3d_fullres network" in result.output and "planned for" in result.output
     plan = json.loads(out.read_text())
     assert plan["planned_for"]["memory_gb"] == 4 and plan["preprocessing"]["seed"] == 5
+    assert "config overrides" not in result.output  # nothing in the config replaces a planned value
+
+
+def test_cli_plan_names_the_config_values_that_replace_planned_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(console, "_width", 400)
+    root = make_msd(tmp_path / "ds", cases=2)
+    app = typer.Typer()
+    register(app)
+    args = ["plan", str(root), "-o", str(tmp_path / "plans.json"), "-j", "1", "--set", "train.patch_size=[32,32,16]", "--set", "model.base_features=12"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "config overrides" in result.output and "train.patch_size = [32, 32, 16], model.base_features = 12" in result.output
