@@ -7,11 +7,19 @@ than that volume (specks below the size that matters clinically). Removed voxels
 background: the network's second choice is not known any more after the argmax, and background
 is the conservative answer. Connected components reuse :func:`medseg.metrics.lesions.components`
 so `medseg infer` and `medseg evaluate` count lesions the same way.
+
+A region-based model (nnU-Net regions: BraTS' whole tumour, core, enhancing) takes rules keyed by
+region name too. They act on the region masks, outermost first: what a region loses, the regions
+nested in it lose as well, and the map is painted again in ``regions_class_order``. Keeping the
+largest component of each BraTS region raised the leave-one-out lesion-wise Dice from 0.49/0.35/0.33
+to 0.76/0.49/0.61 (whole/core/enhancing; reports/brats_cpu.md): every extra component is a false
+positive that BraTS scores 0.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,14 +43,27 @@ def resolve_label(key: str | int, labels: dict[int, str], what: str) -> int:
     raise ConfigError(f"{what}: unknown label '{key}'; the model's labels are {valid}")
 
 
-def resolve_rules(config: InferConfig, labels: dict[int, str]) -> dict[int, PostprocessRule]:
+def resolve_rules(config: InferConfig, labels: dict[int, str], regions: Sequence[str] = ()) -> dict[int, PostprocessRule]:
+    """Rules by label index; keys naming one of ``regions`` are left to :func:`resolve_region_rules`."""
+    region_names = {name.lower() for name in regions}
     rules = {}
     for key, rule in config.postprocess.items():
-        index = resolve_label(key, labels, "infer.postprocess")
+        if str(key).strip().lower() in region_names:
+            continue
+        try:
+            index = resolve_label(key, labels, "infer.postprocess")
+        except ConfigError as error:
+            raise ConfigError(f"{error}; its regions are {', '.join(regions)}" if regions else str(error)) from None
         if index == 0:
             raise ConfigError("infer.postprocess: rules apply to foreground labels, not background")
         rules[index] = rule
     return rules
+
+
+def resolve_region_rules(config: InferConfig, regions: Sequence[str]) -> dict[int, PostprocessRule]:
+    """Rules keyed by region name -> {region position: rule}."""
+    positions = {name.lower(): position for position, name in enumerate(regions)}
+    return {positions[str(key).strip().lower()]: rule for key, rule in config.postprocess.items() if str(key).strip().lower() in positions}
 
 
 def lesion_label_indices(config: InferConfig, labels: dict[int, str]) -> list[int]:
@@ -62,14 +83,13 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def apply_rule(labels: np.ndarray, index: int, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26) -> int:
-    """Apply one label's rule in place; return how many voxels were set to background."""
+def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26) -> np.ndarray | None:
+    """The voxels of ``mask`` that ``rule`` removes (None: nothing), as a full-size boolean array."""
     if not rule.largest_component and rule.min_size_mm3 <= 0:
-        return 0
-    mask = labels == index
+        return None
     box = _bounding_box(mask)
     if box is None:
-        return 0
+        return None
     region = mask[box]
     min_voxels = max(1, int(np.ceil(rule.min_size_mm3 / voxel_mm3 - 1e-9))) if rule.min_size_mm3 > 0 else 1
     labelled, kept = components(region, connectivity, min_voxels)
@@ -78,11 +98,44 @@ def apply_rule(labels: np.ndarray, index: int, rule: PostprocessRule, voxel_mm3:
         keep_mask = labelled == largest.id
     else:
         keep_mask = labelled > 0
-    removed = region & ~keep_mask
-    count = int(removed.sum())
-    if count:
-        labels[box][removed] = 0
-    return count
+    removed_box = region & ~keep_mask
+    if not removed_box.any():
+        return None
+    removed = np.zeros(mask.shape, bool)
+    removed[box] = removed_box
+    return removed
+
+
+def apply_rule(labels: np.ndarray, index: int, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26) -> int:
+    """Apply one label's rule in place; return how many voxels were set to background."""
+    removed = removed_by_rule(labels == index, rule, voxel_mm3, connectivity)
+    if removed is None:
+        return 0
+    labels[removed] = 0
+    return int(removed.sum())
+
+
+def postprocess_regions(labels: np.ndarray, regions: Sequence[Sequence[int]], order: Sequence[int], rules: dict[int, PostprocessRule],
+                        spacing: np.ndarray, connectivity: int = 26) -> dict[int, int]:  # fmt: skip
+    """Apply region rules in place (see the module docstring); ``{region position: voxels removed from it}``."""
+    if not rules:
+        return {}
+    voxel_mm3 = float(np.prod(spacing))
+    masks = [np.isin(labels, list(values)) for values in regions]
+    removed: dict[int, int] = {}
+    for position, rule in sorted(rules.items()):
+        lost = removed_by_rule(masks[position], rule, voxel_mm3, connectivity)
+        removed[position] = 0 if lost is None else int(lost.sum())
+        if lost is None:
+            continue
+        for inner, values in enumerate(regions):
+            if inner == position or set(values) <= set(regions[position]):  # the region and those nested in it
+                masks[inner] &= ~lost
+    if any(removed.values()):
+        labels[...] = 0
+        for mask, value in zip(masks, order):
+            labels[mask] = value
+    return removed
 
 
 def postprocess(labels: np.ndarray, rules: dict[int, PostprocessRule], spacing: np.ndarray, connectivity: int = 26) -> dict[int, int]:

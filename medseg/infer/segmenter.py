@@ -33,7 +33,7 @@ from medseg.infer.compiled import CompiledNetwork, should_compile
 from medseg.infer.config import InferConfig
 from medseg.infer.inputs import CaseSource, read_case
 from medseg.infer.model import LoadedModel, load_for_backend
-from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, resolve_rules
+from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, postprocess_regions, resolve_region_rules, resolve_rules
 from medseg.infer.predictor import WindowSpec, count_windows, default_sw_batch_size, mirror_sets, predict_probabilities, stitch_device
 from medseg.io.volume import Volume
 from medseg.runtime import available_cores, resolve_runtime, runtime_scope
@@ -59,7 +59,7 @@ class CasePrediction:
     labels: np.ndarray  # on the input grid, postprocessed
     reference: Volume
     statistics: dict[str, dict[str, Any]]
-    removed: dict[int, int]
+    removed: dict[str, int]  # voxels removed by postprocessing, by label or region name
     probabilities: np.ndarray | None
     timings: dict[str, float]
     preprocessed_shape: list[int]
@@ -100,7 +100,9 @@ class Segmenter:
         sw_batch = self.config.sw_batch_size or default_sw_batch_size(self.runtime.device, self.model.patch_size)
         self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis,
                                activation="sigmoid" if self.model.has_regions else "softmax")
-        self.rules = resolve_rules(self.config, self.model.labels)
+        regions = list(self.model.plan.regions) if self.model.has_regions else []
+        self.rules = resolve_rules(self.config, self.model.labels, regions)
+        self.region_rules = resolve_region_rules(self.config, regions)
         self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
         self.expected_cases = 1  # infer() sets the batch size; it decides whether compiling pays
         self._compute_model: LoadedModel | None = None
@@ -190,7 +192,11 @@ class Segmenter:
         timings["restore"] = time.perf_counter() - start
         start = time.perf_counter()
         spacing = prepared.reference.spacing
-        removed = postprocess(labels, self.rules, spacing, self.config.connectivity)
+        removed = {self.model.labels[k]: n for k, n in postprocess(labels, self.rules, spacing, self.config.connectivity).items()}
+        if self.region_rules:
+            plan = self.model.plan
+            by_region = postprocess_regions(labels, list(plan.regions.values()), plan.regions_class_order, self.region_rules, spacing, self.config.connectivity)
+            removed |= {list(plan.regions)[position]: n for position, n in by_region.items()}
         statistics = label_statistics(labels, self.model.labels, spacing, self.lesion_labels, self.config.connectivity)
         timings["postprocess"] = time.perf_counter() - start
         return CasePrediction(prepared.name, labels, prepared.reference, statistics, removed, raw_probabilities, timings, shape)
@@ -208,12 +214,13 @@ class Segmenter:
             "settings": {**self.runtime.describe(), "backend": self.backend, "sw_batch_size": self.spec.sw_batch_size, "tta": self.tta, "compiled": self.compiled,
                          "overlap": self.config.overlap, "blending": "gaussian", "tta_passes": len(self.spec.mirrors),
                          "folds": len(self.model.networks),
-                         "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}},
+                         "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}
+                         | {list(self.model.plan.regions)[k]: rule.model_dump() for k, rule in self.region_rules.items()}},
             "input": {"format": reference.meta.get("format"), "shape": list(reference.shape),
                       "spacing_mm": [round(float(s), 6) for s in reference.spacing], "orientation": reference.orientation,
                       "channels": self.model.in_channels, "preprocessed_shape": prediction.preprocessed_shape},
             "warnings": list(reference.meta.get("warnings", [])),
             "labels": prediction.statistics,
-            "postprocess_removed_voxels": {self.model.labels[k]: v for k, v in prediction.removed.items()},
+            "postprocess_removed_voxels": dict(prediction.removed),
             "runtime_s": {key: round(value, 3) for key, value in prediction.timings.items()},
         }

@@ -7,7 +7,7 @@ import pytest
 
 from medseg.errors import ConfigError
 from medseg.infer.config import InferConfig, PostprocessRule
-from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, resolve_rules
+from medseg.infer.postprocess import label_statistics, lesion_label_indices, postprocess, postprocess_regions, resolve_region_rules, resolve_rules
 
 NAMES = {0: "background", 1: "liver", 2: "tumor"}
 
@@ -71,3 +71,48 @@ def test_label_statistics_volumes_and_lesion_counts():
     assert stats["tumor"]["lesions"] == 3
     assert "lesions" not in stats["liver"]
     assert "background" not in stats
+
+
+# --- region rules (nnU-Net regions, BraTS) -----------------------------------------------------
+BRATS_REGIONS = [(1, 2, 3, 4), (1, 3, 4), (4,)]  # whole tumour, tumour core, enhancing tumour
+BRATS_ORDER = [2, 1, 4]
+REGION_NAMES = ["whole tumor", "tumor core", "enhancing tumor"]
+
+
+def _two_tumours() -> np.ndarray:
+    """A painted BraTS map: a big tumour (oedema 2 around core 1 around enhancing 4) and a small separate one."""
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:16, 2:16, 2:16] = 2
+    labels[5:13, 5:13, 5:13] = 1
+    labels[7:11, 7:11, 7:11] = 4
+    labels[22:27, 22:27, 22:27] = 2  # the small one: oedema with a core and an enhancing speck
+    labels[23:26, 23:26, 23:26] = 1
+    labels[24, 24, 24] = 4
+    labels[2:4, 2:4, 14:16] = 4  # enhancing voxels inside the big tumour's oedema, apart from its core
+    return labels
+
+
+def test_largest_whole_tumour_takes_its_nested_regions_along():
+    labels = _two_tumours()
+    removed = postprocess_regions(labels, BRATS_REGIONS, BRATS_ORDER, {0: PostprocessRule(largest_component=True)}, np.ones(3))
+    assert removed == {0: 125}
+    assert labels[22:27, 22:27, 22:27].max() == 0  # the small tumour went, core and enhancing included
+    assert (labels[2:4, 2:4, 14:16] == 4).all()  # inside the largest whole tumour: untouched
+
+
+def test_largest_component_per_region_repaints_what_an_inner_region_loses():
+    labels = _two_tumours()
+    rules = {position: PostprocessRule(largest_component=True) for position in range(3)}
+    removed = postprocess_regions(labels, BRATS_REGIONS, BRATS_ORDER, rules, np.ones(3))
+    assert removed == {0: 125, 1: 8, 2: 0}  # the stray enhancing voxels are a second core component
+    assert (labels[2:4, 2:4, 14:16] == 2).all()  # still whole tumour, no longer core or enhancing: oedema
+    assert (labels[7:11, 7:11, 7:11] == 4).all() and (labels == 4).sum() == 64
+
+
+def test_region_rules_resolve_by_region_name_beside_label_rules():
+    config = InferConfig(postprocess={"Whole Tumor": {"largest_component": True}, "necrosis": {"min_size_mm3": 5}})
+    names = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing tumor"}
+    assert list(resolve_region_rules(config, REGION_NAMES)) == [0]
+    assert list(resolve_rules(config, names, REGION_NAMES)) == [1]
+    with pytest.raises(ConfigError, match="its regions are whole tumor, tumor core, enhancing tumor"):
+        resolve_rules(InferConfig(postprocess={"core": {}}), names, REGION_NAMES)

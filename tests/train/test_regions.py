@@ -94,6 +94,14 @@ def test_region_dataset_trains_sigmoid_outputs_and_infers_a_label_map(synthetic,
     clear = np.all(np.abs(probabilities - 0.5) > 0.01, axis=0)  # away from the threshold (float16 rounding)
     assert np.array_equal(prediction.labels[clear], expected[clear])
     assert (prediction.labels[clear] == 1).sum() > 100
+    # region rules: the largest component of the outer region, its nested region repainted within it
+    cleaned = Segmenter(tmp_path / "run", InferConfig(threads=1, postprocess={"liver and tumor": {"largest_component": True}}))
+    after = cleaned.predict(image)
+    from scipy import ndimage
+    assert ndimage.label(after.labels > 0, np.ones((3, 3, 3)))[1] <= 1
+    removed = after.removed["liver and tumor"]
+    assert removed == int((prediction.labels > 0).sum() - (after.labels > 0).sum())
+    assert "liver and tumor" in cleaned.sidecar(after)["settings"]["postprocess"]
 
 
 def test_region_loss_matches_hand_values_and_respects_ignore():
