@@ -43,12 +43,16 @@ def resolve_label(key: str | int, labels: dict[int, str], what: str) -> int:
     raise ConfigError(f"{what}: unknown label '{key}'; the model's labels are {valid}")
 
 
+def _key(key: str | int) -> str:
+    return str(key).strip().lower()
+
+
 def resolve_rules(config: InferConfig, labels: dict[int, str], regions: Sequence[str] = ()) -> dict[int, PostprocessRule]:
     """Rules by label index; keys naming one of ``regions`` are left to :func:`resolve_region_rules`."""
-    region_names = {name.lower() for name in regions}
+    region_names = {_key(name) for name in regions}
     rules = {}
     for key, rule in config.postprocess.items():
-        if str(key).strip().lower() in region_names:
+        if _key(key) in region_names:
             continue
         try:
             index = resolve_label(key, labels, "infer.postprocess")
@@ -62,8 +66,8 @@ def resolve_rules(config: InferConfig, labels: dict[int, str], regions: Sequence
 
 def resolve_region_rules(config: InferConfig, regions: Sequence[str]) -> dict[int, PostprocessRule]:
     """Rules keyed by region name -> {region position: rule}."""
-    positions = {name.lower(): position for position, name in enumerate(regions)}
-    return {positions[str(key).strip().lower()]: rule for key, rule in config.postprocess.items() if str(key).strip().lower() in positions}
+    positions = {_key(name): position for position, name in enumerate(regions)}
+    return {positions[_key(key)]: rule for key, rule in config.postprocess.items() if _key(key) in positions}
 
 
 def lesion_label_indices(config: InferConfig, labels: dict[int, str]) -> list[int]:

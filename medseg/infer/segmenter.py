@@ -100,9 +100,9 @@ class Segmenter:
         sw_batch = self.config.sw_batch_size or default_sw_batch_size(self.runtime.device, self.model.patch_size)
         self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis,
                                activation="sigmoid" if self.model.has_regions else "softmax")
-        regions = list(self.model.plan.regions) if self.model.has_regions else []
-        self.rules = resolve_rules(self.config, self.model.labels, regions)
-        self.region_rules = resolve_region_rules(self.config, regions)
+        self.region_names = list(self.model.plan.regions) if self.model.has_regions else []
+        self.rules = resolve_rules(self.config, self.model.labels, self.region_names)
+        self.region_rules = resolve_region_rules(self.config, self.region_names)
         self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
         self.expected_cases = 1  # infer() sets the batch size; it decides whether compiling pays
         self._compute_model: LoadedModel | None = None
@@ -196,7 +196,7 @@ class Segmenter:
         if self.region_rules:
             plan = self.model.plan
             by_region = postprocess_regions(labels, list(plan.regions.values()), plan.regions_class_order, self.region_rules, spacing, self.config.connectivity)
-            removed |= {list(plan.regions)[position]: n for position, n in by_region.items()}
+            removed |= {self.region_names[position]: n for position, n in by_region.items()}
         statistics = label_statistics(labels, self.model.labels, spacing, self.lesion_labels, self.config.connectivity)
         timings["postprocess"] = time.perf_counter() - start
         return CasePrediction(prepared.name, labels, prepared.reference, statistics, removed, raw_probabilities, timings, shape)
@@ -215,7 +215,7 @@ class Segmenter:
                          "overlap": self.config.overlap, "blending": "gaussian", "tta_passes": len(self.spec.mirrors),
                          "folds": len(self.model.networks),
                          "postprocess": {self.model.labels[k]: rule.model_dump() for k, rule in self.rules.items()}
-                         | {list(self.model.plan.regions)[k]: rule.model_dump() for k, rule in self.region_rules.items()}},
+                         | {self.region_names[k]: rule.model_dump() for k, rule in self.region_rules.items()}},
             "input": {"format": reference.meta.get("format"), "shape": list(reference.shape),
                       "spacing_mm": [round(float(s), 6) for s in reference.spacing], "orientation": reference.orientation,
                       "channels": self.model.in_channels, "preprocessed_shape": prediction.preprocessed_shape},

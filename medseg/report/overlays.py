@@ -195,12 +195,15 @@ def zero_background(image: Volume | None, config: ReportConfig) -> bool:
     return float(np.mean(sample == 0)) > ZERO_BACKGROUND_FRACTION and float(sample.min()) < 0 < float(sample.max())
 
 
-def display_range(image: Volume | None, config: ReportConfig) -> tuple[float, float, str]:
-    """(low, high, description) of the grey-level window: a HU window for CT, percentiles otherwise."""
+def display_range(image: Volume | None, config: ReportConfig, background: bool | None = None) -> tuple[float, float, str]:
+    """(low, high, description) of the grey-level window: a HU window for CT, percentiles otherwise.
+
+    ``background``: :func:`zero_background` when the caller already knows it (one sample, not two).
+    """
     if image is None:
         return 0.0, 1.0, "no image, reference structures in grey"
     sample = _intensity_sample(image)
-    background = zero_background(image, config)
+    background = zero_background(image, config) if background is None else background
     if background:
         sample = sample[sample != 0]
     modality = config.modality
@@ -287,8 +290,8 @@ def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int
         error_full[box] = component
         error_ml = float(component.sum() * abs(np.linalg.det(ref.affine[:3, :3])) / 1000.0)
         pair = component_labels(component, box, pred_array, ref_array, names)
-    low, high, window = display_range(image, config)
     background = zero_background(image, config)
+    low, high, window = display_range(image, config, background)
     crop = _crop(pred_array, ref_array, spacing, config)
     world = (ref.affine @ np.array([*centre, 1.0]))[:3]
     panels = []
