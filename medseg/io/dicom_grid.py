@@ -226,3 +226,20 @@ def resample_stack(array: np.ndarray, grid: RegularGrid, interpolation: Interpol
             values = shifted(k) * np.float32(1 - weight) + shifted(k + 1) * np.float32(weight)
         out[:, :, m] = np.rint(values) if integer and not nearest else values
     return out
+
+
+def sample_source_frames(volume: np.ndarray, grid: RegularGrid, columns: int, rows: int) -> np.ndarray:
+    """The inverse of :func:`resample_stack` for labels: ``volume`` on ``grid`` sampled (nearest) at every
+    source slice's pixel centres, as frames ``(slice, row, column)`` of the sorted source slices.
+
+    Source slice k's pixel (column c, row r) lies at output index (c - starts[k, 0], r - starts[k, 1]) in-plane
+    and at its own position along the normal; a label map read with nearest interpolation therefore comes
+    back exactly, except where an in-plane offset is exactly half a pixel.
+    """
+    frames = np.empty((len(grid.source_positions), rows, columns), dtype=volume.dtype)
+    for k, position in enumerate(grid.source_positions):
+        m = int(np.clip(np.rint(position / grid.step), 0, grid.shape[2] - 1))
+        i = np.clip(np.rint(np.arange(columns) - grid.starts[k, 0]), 0, grid.shape[0] - 1).astype(np.intp)
+        j = np.clip(np.rint(np.arange(rows) - grid.starts[k, 1]), 0, grid.shape[1] - 1).astype(np.intp)
+        frames[k] = volume[np.ix_(i, j, [m])][:, :, 0].T
+    return frames

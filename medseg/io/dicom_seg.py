@@ -4,8 +4,11 @@ highdicom builds the SEG; medseg's part is to hand it frames that are exactly th
 The mask (a :class:`~medseg.io.Volume` in RAS) must sample the same world points as the series,
 in any axis order or direction (e.g. a NIfTI stored LAS): its voxels are permuted/flipped, never
 resampled, into the series' own (slice, row, column) order, and every frame is checked against
-its slice's ImagePositionPatient. highdicom then writes one per-frame source-image reference per
-frame and lists every instance of the series in the Referenced Series Sequence.
+its slice's ImagePositionPatient. A gantry-tilted or unevenly spaced series, which medseg reads onto
+a regular grid (:mod:`medseg.io.dicom_grid`), takes a mask on that grid: it is sampled (nearest)
+at every source pixel, so each frame still lies on its own source slice. highdicom then writes one
+per-frame source-image reference per frame and lists every instance of the series in the
+Referenced Series Sequence.
 
 Only headers are read from the series (no pixel decoding), and nothing on disk is changed. Badly
 anonymised series are patched in memory: an empty SOPInstanceUID/SOPClassUID is taken from the
@@ -32,7 +35,9 @@ from medseg import __version__
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom import select_series
-from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, _position, plane_geometry, single_slice_step, spacing_tolerance
+from medseg.io.dicom_grid import RegularGrid, SliceStack, sample_source_frames
+from medseg.io.dicom_series import (DUPLICATE_TOLERANCE_MM, _position, plane_geometry, single_slice_step, spacing_tolerance,
+                                    stack_grid, tilt_tag_of)
 from medseg.io.geometry import affine_from_lps, corner_points, orientation_code, spacing_from_affine, voxel_to_world
 from medseg.io.segment_codes import SegmentCoding, code_for_label
 from medseg.io.volume import Volume
@@ -91,6 +96,7 @@ class ReferenceSeries:
     shape: tuple[int, int, int]
     generated_uids: list[str]
     folder: Path
+    grid: RegularGrid | None = None  # tilted or unevenly spaced series: the regular grid medseg reads it onto
 
 
 def _uid(ds: pydicom.Dataset, tag: str) -> str:
@@ -156,35 +162,38 @@ def load_reference_series(folder: str | Path, series: str | int | None = None) -
     if info.mosaic_tiles:
         raise InputError(folder, "Siemens mosaic series are not supported for DICOM-SEG output (one file holds many slices)")
     datasets = _read_headers(info.files)
+    _check_frames(datasets, tuple(datasets[0].ImageOrientationPatient), folder)
     row, column, normal, pixel_spacing = plane_geometry(datasets[0], info.files[0])
     positions = np.stack([_position(ds, path) for ds, path in zip(datasets, info.files)])
+    order = np.argsort(positions @ normal, kind="stable")
+    datasets, positions, files = [datasets[i] for i in order], positions[order], [info.files[i] for i in order]
     along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    datasets, positions, along = [datasets[i] for i in order], positions[order], along[order]
     if len(datasets) > 1 and np.diff(along).min() < DUPLICATE_TOLERANCE_MM:
         raise InputError(folder, "duplicate slice positions: the series holds several volumes; a SEG references one volume")
-    step = float((along[-1] - along[0]) / (len(along) - 1)) if len(datasets) > 1 else single_slice_step(datasets[0])[0]
-    affine = affine_from_lps((pixel_spacing[1], pixel_spacing[0], step), positions[0], np.column_stack([row, column, normal]))
-    shape = (int(datasets[0].Columns), int(datasets[0].Rows), len(datasets))
-    _check_frames(datasets, positions, positions[0], normal * step, tuple(datasets[0].ImageOrientationPatient), folder,
-                  spacing_tolerance(step))
+    stack = SliceStack(row, column, normal, pixel_spacing, positions, int(datasets[0].Columns), int(datasets[0].Rows))
+    grid = None
+    if len(datasets) > 1:  # the reader's own decision, so the mask of a tilted or uneven series is on this grid
+        step, _, grid, _ = stack_grid(stack, files, folder, tilt_tag_of(datasets[0]))
+        step = float((along[-1] - along[0]) / (len(along) - 1)) if step is None else step
+    else:
+        step = single_slice_step(datasets[0])[0]
+    if grid is not None:
+        affine, shape = grid.affine, grid.shape
+    else:
+        affine = affine_from_lps((pixel_spacing[1], pixel_spacing[0], step), positions[0], np.column_stack([row, column, normal]))
+        shape = (stack.columns, stack.rows, len(datasets))
     generated = _patch_series_uids(datasets, folder)
-    return ReferenceSeries(datasets, affine, shape, generated, folder)
+    return ReferenceSeries(datasets, affine, shape, generated, folder, grid)
 
 
-def _check_frames(datasets, positions, origin, step_vector, orientation, folder: Path, tolerance: float) -> None:
-    """Every slice on one regular grid (else frames cannot match a Volume): same size, orientation, even steps."""
-    expected = origin + np.arange(len(datasets))[:, None] * step_vector
-    off = np.linalg.norm(positions - expected, axis=1)
-    for k, ds in enumerate(datasets):
+def _check_frames(datasets, orientation, folder: Path) -> None:
+    """Every slice of one plane geometry (else frames cannot match a Volume): same size and orientation."""
+    for ds in datasets:
         if (ds.Rows, ds.Columns) != (datasets[0].Rows, datasets[0].Columns):
             raise InputError(folder, f"slices differ in size ({ds.Rows}x{ds.Columns} vs {datasets[0].Rows}x{datasets[0].Columns}): not one volume")
         if len(ds.get("ImageOrientationPatient") or []) != 6 or not np.allclose(
                 [float(v) for v in ds.ImageOrientationPatient], [float(v) for v in orientation], atol=1e-4):
             raise InputError(folder, "slices differ in ImageOrientationPatient: not one volume")
-        if off[k] > tolerance:
-            raise InputError(folder, f"slice {k} lies {off[k]:.3g} mm off a regular grid (gantry tilt or uneven spacing): "
-                                     "a SEG frame-for-frame on this series cannot be built from one regular volume")
 
 
 def _describe_grid(shape, affine) -> str:
@@ -195,6 +204,9 @@ def _describe_grid(shape, affine) -> str:
 
 def frames_in_series_order(mask: Volume, reference: ReferenceSeries) -> np.ndarray:
     """The mask's voxels as the series' frames ``(slice, row, column)``: a permutation/flip, never a resampling.
+
+    A tilted or unevenly spaced series is read onto a regular grid; a mask on that grid is sampled
+    (nearest) back at every source pixel, so each SEG frame still lies on its source slice.
 
     ``inv(series affine) @ mask affine`` maps mask indices to series indices; on the same grid it is
     a signed permutation with an offset of 0 (same direction) or n-1 (reversed) along each axis.
@@ -218,6 +230,9 @@ def frames_in_series_order(mask: Volume, reference: ReferenceSeries) -> np.ndarr
     flips = tuple(int(a) for a in np.flatnonzero(sign < 0))
     if flips:
         array = np.flip(array, flips)
+    if reference.grid is not None:  # resampled series: back onto the source slices as acquired
+        first = reference.datasets[0]
+        return sample_source_frames(array, reference.grid, int(first.Columns), int(first.Rows))
     return np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
 
 

@@ -15,10 +15,11 @@ into medseg's RAS affine.
 
 Refused, naming the file(s): a slice without a valid ImagePositionPatient/ImageOrientationPatient
 (never skipped), slices that differ in size/spacing/orientation, duplicate positions whose slices
-differ (several volumes), and missing slices (a gap of a whole number of usual steps; both files at
-the gap are named). Exact duplicate files are dropped with a warning. Gantry tilt and uneven
-spacing are not refused: :mod:`medseg.io.dicom_grid` resamples them (dcm2niix-style) with a
-warning that ends up in ``meta['warnings']`` (and so in the inference sidecar).
+differ (several volumes), and slices too far apart to be one stack. Exact duplicate files are
+dropped with a warning. Gantry tilt, uneven spacing and missing slices (a gap of a whole number of
+usual steps; both files at the gap are named) are not refused: :mod:`medseg.io.dicom_grid`
+resamples them (dcm2niix-style) with a warning that ends up in ``meta['warnings']`` (and so in the
+inference sidecar).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import pydicom
 
 from medseg.errors import InputError
-from medseg.io.dicom_grid import MAX_VOXEL_FACTOR, GridCorrection, Interpolation, RegularGrid, SliceStack, grid_growth, plan_grid, resample_stack
+from medseg.io.dicom_grid import MAX_SLICE_FACTOR, MAX_VOXEL_FACTOR, GridCorrection, Interpolation, RegularGrid, SliceStack, grid_growth, plan_grid, resample_stack
 from medseg.io.geometry import affine_from_lps
 from medseg.io.volume import Volume
 
@@ -250,25 +251,34 @@ def _drop_identical_duplicates(paths, datasets, ipps, positions, source: Path) -
     return keep, notes
 
 
-def _check_gaps(positions: np.ndarray, paths: list[Path], source: Path) -> None:
-    """Refuse missing slices: a gap that is a whole multiple (>= 2) of the usual step, both neighbours named."""
+def _check_gaps(positions: np.ndarray, paths: list[Path], source: Path) -> str | None:
+    """Missing slices (a gap that is a whole multiple >= 2 of the usual step), both neighbours named.
+
+    They are interpolated like any uneven spacing (dcm2niix does the same), with a warning; refused only
+    when a regular grid at the usual step would need more than MAX_SLICE_FACTOR times the series'
+    slices: then the slices are not one stack (e.g. a lone slice far from the others).
+    """
     steps = np.diff(positions)
     usual = float(np.sort(steps)[(len(steps) - 1) // 2])  # lower median: robust to a single gap
     tolerance = spacing_tolerance(usual)
     gaps = [k for k in np.flatnonzero(steps > 1.5 * usual)
             if abs(steps[k] - round(steps[k] / usual) * usual) <= tolerance * round(steps[k] / usual)]
     if not gaps:
-        return
+        return None
     worst = max(gaps, key=lambda k: steps[k])
     gap = float(steps[worst])
     count = f" ({len(gaps)} gaps in all)" if len(gaps) > 1 else ""
-    raise InputError(
-        source,
+    description = (
         f"missing slices: a gap of {_fmt(gap)} mm between slice positions {_fmt(positions[worst])} and "
         f"{_fmt(positions[worst + 1])} mm along the normal (files {_named(paths[worst], source)} and "
         f"{_named(paths[worst + 1], source)}), about {round(gap / usual) - 1} missing slice(s) at the usual "
-        f"{_fmt(usual)} mm step{count}",
+        f"{_fmt(usual)} mm step{count}"
     )
+    needed = round(float(positions[-1] - positions[0]) / usual) + 1
+    if needed > MAX_SLICE_FACTOR * len(positions):
+        raise InputError(source, f"{description}; too far apart to interpolate: a regular grid at that step would hold "
+                                 f"{needed} slices for the series' {len(positions)}")
+    return f"{description}; they are interpolated from the slices on either side"
 
 
 def uniform_step(positions: np.ndarray) -> float | None:
@@ -278,7 +288,7 @@ def uniform_step(positions: np.ndarray) -> float | None:
     return step if np.abs(deviation).max() <= spacing_tolerance(step) else None
 
 
-def _is_tilted(stack: SliceStack) -> bool:
+def is_tilted(stack: SliceStack) -> bool:
     """Slice origins must move along the normal; sideways drift beyond rounding is gantry tilt (a sheared grid)."""
     return float(stack.sideways_mm().max()) > max(0.01, 0.05 * float(stack.pixel_spacing.min()))
 
@@ -326,6 +336,19 @@ def _sorted_slices(paths, datasets, source: Path) -> tuple[list[Path], list[pydi
     return paths, datasets, stack, notes
 
 
+def stack_grid(stack: SliceStack, paths: list[Path], source: Path, tilt_tag: float | None = None
+               ) -> tuple[float | None, bool, RegularGrid | None, list[str]]:
+    """How a stack of two or more sorted slices becomes a volume: (uniform step or None, tilted, the regular grid
+    to resample onto or None when the slices already form one, warnings about missing slices).
+
+    One decision for the reader and for DICOM-SEG output, so a mask read back lands on the same grid.
+    """
+    gap_note = _check_gaps(stack.positions, paths, source)
+    step, tilted = uniform_step(stack.positions), is_tilted(stack)
+    grid = _regular_grid(stack, step, tilted, source, tilt_tag) if tilted or step is None else None
+    return step, tilted, grid, [gap_note] if gap_note else []
+
+
 def _regular_grid(stack: SliceStack, step: float | None, tilted: bool, source: Path, tilt_tag) -> RegularGrid:
     grid = plan_grid(stack, step, tilted)
     growth = grid_growth(stack, grid)
@@ -343,7 +366,7 @@ def _tag_text(tilt_tag) -> str:
     return f", GantryDetectorTilt {float(tilt_tag):g} deg" if tilt_tag not in (None, "") else ""
 
 
-def _tilt_tag(ds: pydicom.Dataset) -> float | None:
+def tilt_tag_of(ds: pydicom.Dataset) -> float | None:
     try:
         value = ds.get("GantryDetectorTilt")
         return None if value in (None, "") else float(value)
@@ -379,20 +402,18 @@ def volume_from_slices(paths: list[Path], datasets: list[pydicom.Dataset], sourc
     ``interpolation="nearest"`` for label series.
     """
     paths, datasets, stack, notes = _sorted_slices(paths, datasets, source)
-    step, tilted, tilt_tag, grid = None, False, _tilt_tag(datasets[0]), None
-    if len(datasets) > 1:
-        _check_gaps(stack.positions, paths, source)
-        step, tilted = uniform_step(stack.positions), _is_tilted(stack)
+    tilt_tag = tilt_tag_of(datasets[0])
+    if len(datasets) > 1:  # planned (and refused if absurd) before any pixel is decoded
+        step, tilted, grid, gap_notes = stack_grid(stack, paths, source, tilt_tag)
         step_source = "ImagePositionPatient"
-        if tilted or step is None:  # planned (and refused if absurd) before any pixel is decoded
-            grid = _regular_grid(stack, step, tilted, source, tilt_tag)
     else:
-        step, step_source = single_slice_step(datasets[0])
+        (step, step_source), tilted, grid, gap_notes = single_slice_step(datasets[0]), False, None, []
     array = _stack_pixels(paths, datasets)
     meta = series_meta(datasets[0], [transfer_syntax(ds) for ds in datasets], len(datasets))
     meta["slice_spacing_source"] = step_source
     if notes:
         notes = [f"dropped {len(notes)} duplicate file(s) holding the same slice as another: {'; '.join(notes[:5])}"]
+    notes += gap_notes
     if grid is not None:
         array, affine = resample_stack(array, grid, interpolation), grid.affine
         correction = _correction(stack, grid, step, tilted, tilt_tag, interpolation)

@@ -75,12 +75,18 @@ def dicom_folder_without_image(tmp: Path):
     return folder, "no DICOM image", []
 
 
-def series_with_missing_slice(tmp: Path):
+def series_with_a_slice_far_away(tmp: Path):
+    """One slice 100 mm beyond the others: a gap too wide to interpolate (a narrow one is, with a warning)."""
+    import pydicom
+
     folder = tmp / "series"
     files = _dicom_series(folder)
-    ordered = sorted(files, key=lambda f: __import__("pydicom").dcmread(f, stop_before_pixels=True).InstanceNumber)
-    ordered[len(ordered) // 2].unlink()
-    return folder, "missing", []
+    last = max(files, key=lambda f: pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+    ds = pydicom.dcmread(last)
+    normal = np.cross(*np.reshape([float(v) for v in ds.ImageOrientationPatient], (2, 3)))
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array([float(v) for v in ds.ImagePositionPatient]) + 100.0 * normal]
+    ds.save_as(last)
+    return folder, "too far apart to interpolate", []
 
 
 def nan_label(tmp: Path):
@@ -102,7 +108,7 @@ CASES = [
     truncated_nifti_header,
     zero_byte,
     dicom_folder_without_image,
-    series_with_missing_slice,
+    series_with_a_slice_far_away,
     nan_label,
     four_d_when_3d_expected,
 ]

@@ -1,7 +1,8 @@
 """Hostile DICOM series through `medseg convert`: one `error:` line naming the broken file, exit 2, nothing written.
 
 Each case starts from a small, valid synthetic series and breaks one thing. A slice that cannot be placed in
-world space is refused by name, never skipped (issue 12.3); a gap names the files on both sides of it.
+world space is refused by name, never skipped (issue 12.3); a gap too wide to interpolate names the files on both
+sides of it (a narrower one is interpolated, issue 15.3).
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def nan_ipp(files):
     return files[4], "is not 3 finite numbers"
 
 
-def gap_in_middle(files):
-    files[3].unlink()
-    return files[2], "missing slices: a gap of 5 mm between slice positions"  # both neighbours: checked below
+def slice_far_from_the_stack(files):
+    ds = pydicom.dcmread(files[5])
+    normal = np.cross(*np.reshape([float(v) for v in ds.ImageOrientationPatient], (2, 3)))
+    _edit(files[5], ImagePositionPatient=[f"{v:.4f}" for v in np.array([float(v) for v in ds.ImagePositionPatient]) + 100.0 * normal])
+    return files[0].parent, "missing slices: a gap of 102.5 mm between slice positions"  # both neighbours: checked below
 
 
 def disagreeing_duplicate(files):
@@ -126,7 +129,7 @@ def tilt_far_beyond_a_stack(files):
     return files[0].parent, "do not form one stack"
 
 
-CASES = [missing_ipp_at_end, missing_ipp_in_middle, missing_iop, non_numeric_ipp, nan_ipp, gap_in_middle,
+CASES = [missing_ipp_at_end, missing_ipp_in_middle, missing_iop, non_numeric_ipp, nan_ipp, slice_far_from_the_stack,
          disagreeing_duplicate, rows_mismatch, missing_pixel_data, huge_declared_size, truncated_pixel_data,
          truncated_header, tilt_far_beyond_a_stack]
 
@@ -138,8 +141,8 @@ def test_broken_series_is_refused_naming_the_file(tmp_path, break_series):
     named, expected = break_series(files)
     outcome, out_dir = _convert(tmp_path, folder)
     assert_refused(outcome, named, expected, out_dir=out_dir)
-    if break_series is gap_in_middle:
-        assert "slice_0002.dcm and slice_0004.dcm" in outcome.error_lines[0]
+    if break_series is slice_far_from_the_stack:
+        assert "slice_0004.dcm and slice_0005.dcm" in outcome.error_lines[0] and "too far apart to interpolate" in outcome.error_lines[0]
     if break_series is disagreeing_duplicate:
         assert "slice_0002.dcm" in outcome.error_lines[0]
 

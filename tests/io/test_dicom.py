@@ -152,11 +152,25 @@ def test_two_series_need_a_choice_listing_both(tmp_path, rng):
         read_dicom_series(tmp_path, series="7")
 
 
-def test_missing_slice_is_refused_with_the_gap_and_both_neighbours(series):
-    _, folder, files = series
+def test_missing_slice_is_interpolated_with_a_warning_naming_both_neighbours(series):
+    volume, folder, files = series
     files[4].unlink()
-    with pytest.raises(InputError, match=r"missing slices: a gap of 5 mm .*\(files slice_0003.dcm and slice_0005.dcm\), "
-                                         r"about 1 missing slice\(s\) at the usual 2.5 mm step"):
+    back = read_volume(folder)
+    assert back.same_grid(volume)  # the regular 2.5 mm grid of the full series, slice 4 included
+    kept = [k for k in range(SHAPE[2]) if k != 4]
+    assert np.array_equal(back.array[:, :, kept], volume.array[:, :, kept])  # source slices come back untouched
+    between = (volume.array[:, :, 3].astype(np.float64) + volume.array[:, :, 5]) / 2
+    assert np.abs(back.array[:, :, 4] - between).max() <= 0.5  # the missing one: midway, rounded to int16
+    assert any(w.startswith("missing slices: a gap of 5 mm") and "(files slice_0003.dcm and slice_0005.dcm)" in w
+               and "about 1 missing slice(s) at the usual 2.5 mm step" in w for w in back.meta["warnings"])
+
+
+def test_slices_too_far_apart_for_one_stack_are_refused_naming_the_gap(series):
+    volume, folder, files = series
+    normal = geometry.lps_from_affine(volume.affine)[2][:, 2]
+    edit(files[-1], ImagePositionPatient=[f"{v:.6f}" for v in positions(files)[-1] + 100.0 * normal])  # 40 steps away
+    with pytest.raises(InputError, match=r"missing slices: a gap of 102.5 mm .*\(files slice_0007.dcm and slice_0008.dcm\).*"
+                                         r"too far apart to interpolate: a regular grid at that step would hold 49 slices for the series' 9"):
         read_volume(folder)
 
 

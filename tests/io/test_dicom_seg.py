@@ -205,3 +205,38 @@ def test_series_is_picked_from_a_folder_holding_several(tmp_path, rng):
         write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm")
     write_dicom_seg(mask, LABELS, tmp_path / "study", tmp_path / "seg.dcm", series=1)
     assert_frames_reference_their_slices(assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS), files)
+
+
+def _source_labels(files) -> dict[str, np.ndarray]:
+    """Each source slice's labels, (rows, columns), by SOP instance UID."""
+    return {str(ds.SOPInstanceUID): ds.pixel_array for ds in (pydicom.dcmread(path) for path in files)}
+
+
+@pytest.mark.parametrize("layout", ["tilted", "uneven"])
+def test_tilted_or_uneven_series_gets_frames_on_its_own_slices(tmp_path, rng, layout):
+    """The mask medseg reads such a series into lies on a resampled regular grid; each SEG frame still lies on its
+    source slice and holds that slice's labels exactly (a label series written with the same geometry is the truth)."""
+    affine = oblique_affine(spacing=(0.8, 1.1, 2.5))
+    labels_on_slices = blob_mask(rng, (19, 14, 9))
+    ks = np.arange(9)
+    column = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    if layout == "tilted":  # origins slide along the column direction: a 9 deg gantry tilt
+        origins = affine[:3, 3] + ks[:, None] * affine[:3, 2] + (ks * 2.5 * np.tan(np.radians(9.0)))[:, None] * column
+    else:  # 2.5 mm steps with two slices missing (5 mm gaps) and one 3.1 mm step
+        steps = np.array([0, 2.5, 5.0, 2.5, 3.1, 2.5, 5.0, 2.5, 2.5]).cumsum()
+        origins = affine[:3, 3] + (steps / 2.5)[:, None] * affine[:3, 2]
+    files = write_dicom_series(Volume(labels_on_slices, affine), tmp_path / layout, modality="MR", slice_origins=origins)
+    mask = read_volume(tmp_path / layout, role="label")
+    assert mask.shape != labels_on_slices.shape and mask.meta["warnings"]  # it was resampled
+    labels = {1: "liver", 2: "spleen", 3: "left kidney", 4: "pancreas", 5: "tumor"}
+    result = write_dicom_seg(mask, labels, tmp_path / layout, tmp_path / "seg.dcm")
+    assert result.frames_referenced == 9
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert_frames_reference_their_slices(seg, files)
+    truth = _source_labels(files)
+    uids = list(truth)
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False,
+                                                skip_overlap_checks=True, ignore_spatial_locations=True)
+    present = [0, *[k for k in sorted(labels) if (labels_on_slices == k).any()]]
+    for uid, frame in zip(uids, pixels):
+        assert np.array_equal(np.asarray(present)[frame], truth[uid])
