@@ -46,6 +46,13 @@ class OutputPaths:
     def dicom_seg(self) -> Path:
         return self.mask.with_name(self.mask.name[: -len(next(s for s in MASK_SUFFIXES if self.mask.name.endswith(s)))] + "_seg.dcm")
 
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files a killed run left behind for this case (atomic writes name them ``.<file>.<random>.tmp<suffix>``)."""
+        found = [t for p in (self.mask, self.sidecar, self.probabilities, self.dicom_seg) for t in p.parent.glob(f".{p.name}.*.tmp*")]
+        if self.per_class_dir.is_dir():
+            found += list(self.per_class_dir.glob(".*.tmp*"))
+        return found
+
 
 def safe_name(name: str) -> str:
     """A label or case name usable as a file name (no separators or odd characters)."""

@@ -116,9 +116,13 @@ def _select(cases: list[CaseSource], out: Path, single_file: bool, shard: tuple[
     for case in cases:
         if not in_shard(case.name, shard):
             continue
-        if skip_existing and output_paths(out, case.name, single_file).sidecar.is_file():
+        paths = output_paths(out, case.name, single_file)
+        if skip_existing and paths.sidecar.is_file():
             report.skipped.append(case.name)
             continue
+        for stale in paths.stale_temporaries():  # this case's own leftovers only: other shards' cases are never touched
+            log.info("removing %s, left by an interrupted run", stale.name)
+            stale.unlink(missing_ok=True)
         chosen.append(case)
     return chosen
 

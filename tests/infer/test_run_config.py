@@ -116,3 +116,48 @@ def test_format_1_checkpoints_still_load(trained, tmp_path):
     payload = load_checkpoint(tmp_path / "old.pt")
     assert payload.training.iteration == 5 and payload.epoch == 2 and payload.configuration.grid_spacing() == current.configuration.grid_spacing()
     assert Segmenter(tmp_path / "old.pt").model.patch_size == current.configuration.patch
+
+
+@pytest.mark.parametrize(("text", "amp", "compile_"), [("off", "off", "off"), ("bf16", "bf16", "off"), ("auto", "auto", "on")])
+def test_set_spellings_of_amp_and_compile(text, amp, compile_):
+    """`--set infer.amp=off` is YAML's False: it must mean "off", as `infer.compile=off` does."""
+    from medseg.config.loader import parse_overrides
+    from medseg.infer import InferConfig
+
+    overrides = parse_overrides([f"infer.amp={text}", f"infer.compile={compile_}"])["infer"]
+    config = InferConfig(**overrides)
+    assert (config.amp, config.compile) == (amp, compile_)
+
+
+@pytest.mark.integration
+def test_infer_killed_mid_archive_resumes_without_redoing_cases(trained, tmp_path):
+    """A real SIGKILL mid-archive: the restart with --skip-existing writes only the missing cases and leaves no temporaries."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    names = [f"scan_{index}" for index in range(5)]
+    for index, name in enumerate(names):  # the fixture holds 4 training images: the fifth scan repeats the first
+        shutil.copy(trained["dataset"] / "imagesTr" / f"case_{index % 4:03d}.nii.gz", cases / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "medseg.cli.main", "infer", str(trained["run"]), str(cases), "-o", str(out),
+               "--set", "infer.threads=1", "--set", "infer.save_probabilities=true"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = sorted(p.stem for p in out.glob("scan_*.json"))
+    assert 1 <= len(done_before) < len(names), f"kill landed too late to test anything: {done_before}"
+    (out / f".{names[-1]}.nii.gz.abc123.tmp.nii.gz").write_bytes(b"half a mask")  # what a kill inside a write leaves
+    result = subprocess.run([*command, "--skip-existing"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "infer_summary.json").read_text())
+    assert summary["skipped_existing"] == done_before and sorted(summary["written"]) == sorted(set(names) - set(done_before))
+    assert sorted(p.stem for p in out.glob("scan_*.json")) == names
+    assert not [p.name for p in out.rglob(".*tmp*")], "no temporary files left"
