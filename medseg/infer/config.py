@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from medseg.config import Section
 
@@ -78,16 +78,10 @@ class InferConfig(Section):
     prefetch: bool = Field(True, description="read and preprocess the next case in a background thread while the current one is predicted (holds two cases in memory)")
 
 
-    @field_validator("compile", mode="before")
+    @field_validator("compile", "amp", mode="before")
     @classmethod
-    def _yaml_booleans(cls, value: object) -> object:
-        """YAML reads unquoted on/off as booleans: accept them as "on"/"off"."""
-        if isinstance(value, bool):
-            return "on" if value else "off"
-        return value
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: object) -> object:
-        """``--set infer.amp=off`` arrives as False (YAML 1.1): it means "off"."""
-        return "off" if value is False else value
+    def _yaml_booleans(cls, value: object, info: ValidationInfo) -> object:
+        """YAML 1.1 reads unquoted on/off as booleans: off means "off" for both, on means "on" for compile."""
+        if value is False:
+            return "off"
+        return "on" if value is True and info.field_name == "compile" else value

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io.atomic import atomic_path, write_json
+from medseg.io.atomic import TEMPORARY_NAME_LIMIT, atomic_path, write_json
 from medseg.io.readers import write_label_map
 from medseg.io.volume import Volume
 
@@ -46,12 +46,10 @@ class OutputPaths:
     def dicom_seg(self) -> Path:
         return self.mask.with_name(self.mask.name[: -len(next(s for s in MASK_SUFFIXES if self.mask.name.endswith(s)))] + "_seg.dcm")
 
-    def stale_temporaries(self) -> list[Path]:
-        """Temporary files a killed run left behind for this case (atomic writes name them ``.<file>.<random>.tmp<suffix>``)."""
-        found = [t for p in (self.mask, self.sidecar, self.probabilities, self.dicom_seg) for t in p.parent.glob(f".{p.name}.*.tmp*")]
-        if self.per_class_dir.is_dir():
-            found += list(self.per_class_dir.glob(".*.tmp*"))
-        return found
+    def names(self) -> list[str]:
+        """Every name this case writes in the output folder (files, and the per-class folder), as
+        :func:`medseg.io.atomic.leftover_temporaries` keys them."""
+        return [p.name[:TEMPORARY_NAME_LIMIT] for p in (self.mask, self.sidecar, self.probabilities, self.dicom_seg)] + [self.per_class_dir.name]
 
 
 def safe_name(name: str) -> str:

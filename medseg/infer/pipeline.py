@@ -33,7 +33,7 @@ from medseg.infer.model import LoadedModel
 from medseg.infer.outputs import MASK_SUFFIXES, output_paths, write_case
 from medseg.infer.progress import InferProgress
 from medseg.infer.segmenter import CasePrediction, PreparedCase, Segmenter
-from medseg.io.atomic import write_json
+from medseg.io.atomic import leftover_temporaries, write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def _single_file_output(out: Path) -> bool:
 def _select(cases: list[CaseSource], out: Path, single_file: bool, shard: tuple[int, int] | None, skip_existing: bool,
             report: InferReport) -> list[CaseSource]:
     chosen = []
+    leftovers = leftover_temporaries(out.parent if single_file else out)
     for case in cases:
         if not in_shard(case.name, shard):
             continue
@@ -120,7 +121,7 @@ def _select(cases: list[CaseSource], out: Path, single_file: bool, shard: tuple[
         if skip_existing and paths.sidecar.is_file():
             report.skipped.append(case.name)
             continue
-        for stale in paths.stale_temporaries():  # this case's own leftovers only: other shards' cases are never touched
+        for stale in (t for name in paths.names() for t in leftovers.get(name, [])):  # this case's own: never other shards'
             log.info("removing %s, left by an interrupted run", stale.name)
             stale.unlink(missing_ok=True)
         chosen.append(case)

@@ -64,6 +64,22 @@ def _place_error(path: Path, error: OSError) -> InputError:
     return InputError(path, f"cannot be written ({error.strerror or error})")
 
 
+TEMPORARY_NAME_LIMIT = 200  # characters of the destination's name kept in its temporary's name
+
+
+def leftover_temporaries(folder: Path) -> dict[str, list[Path]]:
+    """Temporaries that killed writers left in ``folder`` (and one level down), found in one scan.
+
+    :func:`atomic_path` names them ``.<name>.<random>.tmp<suffix>``; each is keyed by the name it was
+    for (its first 200 characters), or, one level down, by its subfolder's name.
+    """
+    found: dict[str, list[Path]] = {}
+    for temporary in [*folder.glob(".*.tmp*"), *folder.glob("*/.*.tmp*")]:
+        owner = temporary.parent.name if temporary.parent != folder else temporary.name[1:].rsplit(".tmp", 1)[0].rsplit(".", 1)[0]
+        found.setdefault(owner, []).append(temporary)
+    return found
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -75,7 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = check_output_file(path)
     parent = path.parent if str(path.parent) else Path(".")
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=f".tmp{full_suffix(path)}", dir=parent)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name[:TEMPORARY_NAME_LIMIT]}.", suffix=f".tmp{full_suffix(path)}", dir=parent)
     except OSError as error:
         raise _place_error(path, error) from error
     os.close(handle)

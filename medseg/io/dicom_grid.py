@@ -241,5 +241,5 @@ def sample_source_frames(volume: np.ndarray, grid: RegularGrid, columns: int, ro
         m = int(np.clip(np.rint(position / grid.step), 0, grid.shape[2] - 1))
         i = np.clip(np.rint(np.arange(columns) - grid.starts[k, 0]), 0, grid.shape[0] - 1).astype(np.intp)
         j = np.clip(np.rint(np.arange(rows) - grid.starts[k, 1]), 0, grid.shape[1] - 1).astype(np.intp)
-        frames[k] = volume[np.ix_(i, j, [m])][:, :, 0].T
+        frames[k] = volume[:, :, m][np.ix_(i, j)].T
     return frames

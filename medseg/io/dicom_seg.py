@@ -35,9 +35,8 @@ from medseg import __version__
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom import select_series
-from medseg.io.dicom_grid import RegularGrid, SliceStack, sample_source_frames
-from medseg.io.dicom_series import (DUPLICATE_TOLERANCE_MM, _position, plane_geometry, single_slice_step, spacing_tolerance,
-                                    stack_grid, tilt_tag_of)
+from medseg.io.dicom_grid import RegularGrid, sample_source_frames
+from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, single_slice_step, sorted_stack, spacing_tolerance, stack_grid, tilt_tag_of
 from medseg.io.geometry import affine_from_lps, corner_points, orientation_code, spacing_from_affine, voxel_to_world
 from medseg.io.segment_codes import SegmentCoding, code_for_label
 from medseg.io.volume import Volume
@@ -163,24 +162,19 @@ def load_reference_series(folder: str | Path, series: str | int | None = None) -
         raise InputError(folder, "Siemens mosaic series are not supported for DICOM-SEG output (one file holds many slices)")
     datasets = _read_headers(info.files)
     _check_frames(datasets, tuple(datasets[0].ImageOrientationPatient), folder)
-    row, column, normal, pixel_spacing = plane_geometry(datasets[0], info.files[0])
-    positions = np.stack([_position(ds, path) for ds, path in zip(datasets, info.files)])
-    order = np.argsort(positions @ normal, kind="stable")
-    datasets, positions, files = [datasets[i] for i in order], positions[order], [info.files[i] for i in order]
-    along = positions @ normal
-    if len(datasets) > 1 and np.diff(along).min() < DUPLICATE_TOLERANCE_MM:
+    files, datasets, stack = sorted_stack(info.files, datasets)
+    if len(datasets) > 1 and np.diff(stack.positions).min() < DUPLICATE_TOLERANCE_MM:
         raise InputError(folder, "duplicate slice positions: the series holds several volumes; a SEG references one volume")
-    stack = SliceStack(row, column, normal, pixel_spacing, positions, int(datasets[0].Columns), int(datasets[0].Rows))
     grid = None
     if len(datasets) > 1:  # the reader's own decision, so the mask of a tilted or uneven series is on this grid
         step, _, grid, _ = stack_grid(stack, files, folder, tilt_tag_of(datasets[0]))
-        step = float((along[-1] - along[0]) / (len(along) - 1)) if step is None else step
     else:
         step = single_slice_step(datasets[0])[0]
     if grid is not None:
         affine, shape = grid.affine, grid.shape
     else:
-        affine = affine_from_lps((pixel_spacing[1], pixel_spacing[0], step), positions[0], np.column_stack([row, column, normal]))
+        affine = affine_from_lps((stack.pixel_spacing[1], stack.pixel_spacing[0], step), stack.ipps[0],
+                                 np.column_stack([stack.row, stack.column, stack.normal]))
         shape = (stack.columns, stack.rows, len(datasets))
     generated = _patch_series_uids(datasets, folder)
     return ReferenceSeries(datasets, affine, shape, generated, folder, grid)

@@ -24,6 +24,7 @@ inference sidecar).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from pathlib import Path
@@ -288,7 +289,7 @@ def uniform_step(positions: np.ndarray) -> float | None:
     return step if np.abs(deviation).max() <= spacing_tolerance(step) else None
 
 
-def is_tilted(stack: SliceStack) -> bool:
+def _is_tilted(stack: SliceStack) -> bool:
     """Slice origins must move along the normal; sideways drift beyond rounding is gantry tilt (a sheared grid)."""
     return float(stack.sideways_mm().max()) > max(0.01, 0.05 * float(stack.pixel_spacing.min()))
 
@@ -326,14 +327,19 @@ def _sorted_slices(paths, datasets, source: Path) -> tuple[list[Path], list[pydi
     for path, ds in zip(paths, datasets):
         check_pixel_format(ds, path)
     _check_consistent(datasets, paths, source)
+    paths, datasets, stack = sorted_stack(paths, datasets)
+    keep, notes = _drop_identical_duplicates(paths, datasets, stack.ipps, stack.positions, source)
+    paths, datasets = [paths[i] for i in keep], [datasets[i] for i in keep]
+    return paths, datasets, dataclasses.replace(stack, ipps=stack.ipps[keep]), notes
+
+
+def sorted_stack(paths: list[Path], datasets: list[pydicom.Dataset]) -> tuple[list[Path], list[pydicom.Dataset], SliceStack]:
+    """Slices (headers suffice) in increasing position along the normal, and their geometry."""
     row, column, normal, pixel_spacing = plane_geometry(datasets[0], paths[0])
     ipps = np.stack([_position(ds, path) for path, ds in zip(paths, datasets)])
     order = np.argsort(ipps @ normal, kind="stable")
-    paths, datasets, ipps = [paths[i] for i in order], [datasets[i] for i in order], ipps[order]
-    keep, notes = _drop_identical_duplicates(paths, datasets, ipps, ipps @ normal, source)
-    paths, datasets, ipps = [paths[i] for i in keep], [datasets[i] for i in keep], ipps[keep]
-    stack = SliceStack(row, column, normal, pixel_spacing, ipps, int(datasets[0].Columns), int(datasets[0].Rows))
-    return paths, datasets, stack, notes
+    paths, datasets = [paths[i] for i in order], [datasets[i] for i in order]
+    return paths, datasets, SliceStack(row, column, normal, pixel_spacing, ipps[order], int(datasets[0].Columns), int(datasets[0].Rows))
 
 
 def stack_grid(stack: SliceStack, paths: list[Path], source: Path, tilt_tag: float | None = None
@@ -344,7 +350,7 @@ def stack_grid(stack: SliceStack, paths: list[Path], source: Path, tilt_tag: flo
     One decision for the reader and for DICOM-SEG output, so a mask read back lands on the same grid.
     """
     gap_note = _check_gaps(stack.positions, paths, source)
-    step, tilted = uniform_step(stack.positions), is_tilted(stack)
+    step, tilted = uniform_step(stack.positions), _is_tilted(stack)
     grid = _regular_grid(stack, step, tilted, source, tilt_tag) if tilted or step is None else None
     return step, tilted, grid, [gap_note] if gap_note else []
 
