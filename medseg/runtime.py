@@ -69,6 +69,8 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "device") -> t
         raise ConfigError(f"{setting}={name} but no CUDA device is available; use cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"{setting}={name}: medseg runs on cpu or cuda")
+    if device.type == "cuda" and device.index is None:  # plain "cuda": this rank's GPU (set_device needs an index)
+        device = torch.device("cuda", local_rank)
     return device
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,50 +41,8 @@ from medseg.io.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("tests", "resume", "ddp", "throughput", "accuracy", "inference")
+STAGES = ("tests", "resume", "ddp", "accuracy", "throughput", "inference")
 REPO = Path(__file__).resolve().parents[2]
-
-
-class UtilizationSampler:
-    """GPU busy percentage sampled every ``period`` seconds (NVML through torch, else nvidia-smi)."""
-
-    def __init__(self, device: torch.device, period: float = 0.25):
-        self.device, self.period, self.samples = device, period, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _read(self) -> float | None:
-        try:
-            return float(torch.cuda.utilization(self.device))
-        except Exception:  # no pynvml: ask nvidia-smi
-            try:
-                index = self.device.index or 0
-                text = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                                      capture_output=True, text=True, timeout=5).stdout
-                return float(text.strip().splitlines()[0])
-            except Exception:
-                return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = self._read()
-            if value is not None:
-                self.samples.append(value)
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> UtilizationSampler:
-        if self.device.type == "cuda":
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(self.samples)) if self.samples else None
 
 
 # --- shared pieces ---------------------------------------------------------------------------------
@@ -103,6 +62,7 @@ def _tiny_training(device: str, dry_run: bool, work: Path) -> list[str]:
     size = "[32,32,16]" if dry_run else "[64,64,32]"
     return [f"train.device={device}", f"train.patch_size={size}", "train.batch_size=2", "train.epochs=4", "train.iterations_per_epoch=5",
             "train.val_every=100", "train.checkpoint_every=1", "train.num_folds=2", "train.tensorboard=false", "train.deterministic=true",
+            "train.compile=off",  # checkpoint, RNG and NCCL logic do not depend on it; compiling 3 tiny runs would double the stage
             "model.base_features=8", "model.max_features=32", "plan.target_spacing=[3.0,3.0,4.0]", f"work_dir={work}", "preprocess.workers=2"]
 
 
@@ -119,11 +79,23 @@ def stage_tests(dry_run: bool, **_: Any) -> dict[str, Any]:
     tests = REPO / "tests"
     if not tests.is_dir():
         return {"status": "skipped", "reason": "no tests folder next to this medseg (a wheel install)"}
-    completed = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(tests)],
+    # Only the files that hold gpu-marked tests are collected: a GPU machine may lack what the
+    # other test modules import (SimpleITK, highdicom, the JPEG plugins), which has nothing to do with CUDA.
+    files = sorted(str(path) for path in tests.rglob("test_*.py") if "pytest.mark.gpu" in path.read_text(encoding="utf-8"))
+    if not files:
+        return {"status": "skipped", "reason": "no gpu-marked tests found"}
+    completed = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files],
                                cwd=REPO, capture_output=True, text=True, timeout=600)
     summary = (completed.stdout.strip().splitlines() or ["(no output)"])[-1]
     ok = completed.returncode in (0, 5)  # 5: nothing collected
     return {"status": "ok" if ok else "failed", "summary": summary, "tail": completed.stdout[-2000:] if not ok else ""}
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child Python: this medseg first, the caller's PYTHONPATH kept
+    (a GPU machine may hold carried packages there)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def _train_script(cache: Path, run_dir: Path, overrides: list[str], resume: bool) -> str:
@@ -143,7 +115,7 @@ def stage_resume(device: str, dry_run: bool, work: Path, **_: Any) -> dict[str, 
     reference.fit()
     killed = work / "killed"
     child = subprocess.Popen([sys.executable, "-c", _train_script(cache, killed, overrides, False)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)})
+                             env=_child_env())
     checkpoint, deadline = killed / "checkpoint_last.pt", time.time() + 300
     while not checkpoint.exists() and child.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -171,7 +143,7 @@ def stage_ddp(device: str, dry_run: bool, work: Path, **_: Any) -> dict[str, Any
     write_text(script, _train_script(cache, work / "ddp_run", overrides, False))
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(script)],
-                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "MEDSEG_FORCE_DDP": "1"}, capture_output=True, text=True, timeout=600)
+                               cwd=REPO, env=_child_env(MEDSEG_FORCE_DDP="1"), capture_output=True, text=True, timeout=600)
     if completed.returncode != 0:
         return {"status": "failed", "tail": completed.stderr[-2000:]}
     payload = load_checkpoint(work / "ddp_run" / "checkpoint_last.pt")
@@ -185,49 +157,92 @@ def _throughput(name: str, dataset: Path, overrides: list[str], iterations: int,
     from medseg.bench.train import bench_train
 
     config, cache = _prepare(dataset, overrides)
-    device = torch.device("cuda") if config.train.device != "cpu" and torch.cuda.is_available() else torch.device("cpu")
-    with UtilizationSampler(device) as sampler:
-        result = bench_train(config, cache, iterations=iterations, warmup=3, run_dir=work / f"bench_{name}")
+    started = time.perf_counter()
+    result = bench_train(config, cache, iterations=iterations, warmup=3, run_dir=work / f"bench_{name}")
+    utilization = result["gpu_utilization_pct_mean"]
     return {"plan": name, "patch_size": result["patch_size"], "batch_size": result["batch_size"], "parameters": result["parameters"],
             "steps_per_s": round(result["steps_per_s"], 2), "step_s_median": round(result["step_s_median"], 4),
             "loader_wait_share": round(result["loader_wait_share"], 3), "loader_workers": result["num_workers"],
-            "gpu_utilization_pct": sampler.mean, "peak_gpu_memory_gb": result["peak_gpu_memory_gb"]}
+            "gpu_utilization_pct": None if utilization is None else round(utilization, 1),
+            "peak_gpu_memory_gb": None if result["peak_gpu_memory_gb"] is None else round(result["peak_gpu_memory_gb"], 2),
+            "options": result["options"], "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def stage_throughput(device: str, dry_run: bool, work: Path, hippocampus: Path | None, **_: Any) -> dict[str, Any]:
-    iterations = 3 if dry_run else 60
+#: Training-step options timed one at a time against the defaults (bf16, compiled, fused optimizer on
+#: CUDA) on the CT-like plan: the defaults are on because such a table showed they pay.
+OPTION_VARIANTS: dict[str, list[str]] = {
+    "amp off (fp32)": ["train.amp=off"],
+    "channels_last_3d": ["train.channels_last=true"],
+    "foreach optimizer (fused off)": ["train.fused_optimizer=off"],
+    "eager (compile off)": ["train.compile=off"],
+}
+
+
+def stage_throughput(device: str, dry_run: bool, work: Path, hippocampus: Path | None, shared: Path, step_options: bool = False,
+                     **_: Any) -> dict[str, Any]:
     rows = []
     if hippocampus is not None:
-        rows.append(_throughput("hippocampus", hippocampus, [f"train.device={device}", f"work_dir={work / 'hippo_work'}", "preprocess.workers=8",
-                                                             *(["train.batch_size=2", "model.base_features=4"] if dry_run else [])], iterations, work))
+        rows.append(_throughput("hippocampus", hippocampus, [f"train.device={device}", f"work_dir={shared / 'hippocampus'}", "preprocess.workers=8",
+                                                             *(["train.batch_size=2", "model.base_features=4"] if dry_run else [])], 3 if dry_run else 300, work))
     ct = _synthetic(work / "ct_data", 3 if dry_run else 6, (64.0, 64.0, 64.0) if dry_run else (220.0, 220.0, 200.0), seed=4)
     patch = "[32,32,32]" if dry_run else "[128,128,128]"
-    rows.append(_throughput("ct_128", ct, [f"train.device={device}", "plan.target_spacing=[1.5,1.5,1.5]", f"train.patch_size={patch}", "train.fold=all",
-                                           f"work_dir={work / 'ct_work'}", "preprocess.workers=8", *(["model.base_features=4"] if dry_run else [])],
-                            iterations, work))
-    return {"status": "ok", "rows": rows}
+    ct_overrides = [f"train.device={device}", "plan.target_spacing=[1.5,1.5,1.5]", f"train.patch_size={patch}", "train.fold=all",
+                    f"work_dir={work / 'ct_work'}", "preprocess.workers=8", *(["model.base_features=4"] if dry_run else [])]
+    rows.append(_throughput("ct_128", ct, ct_overrides, 3 if dry_run else 60, work))
+    options = []
+    for name, extra in OPTION_VARIANTS.items() if step_options else ():
+        try:
+            row = _throughput("ct_128", ct, ct_overrides + extra, 3 if dry_run else 20, work)
+            options.append({"variant": name, "step_s_median": row["step_s_median"], "steps_per_s": row["steps_per_s"],
+                            "peak_gpu_memory_gb": row["peak_gpu_memory_gb"], "wall_s": row["wall_s"],
+                            "speedup_vs_default": round(rows[-1]["step_s_median"] / row["step_s_median"], 3)})
+        except Exception as error:  # one failing option must not hide the others
+            options.append({"variant": name, "error": f"{type(error).__name__}: {str(error)[:300]}"})
+    return {"status": "ok", "rows": rows, "options": options}
 
 
-def stage_accuracy(device: str, dry_run: bool, work: Path, hippocampus: Path | None, minutes: float, **_: Any) -> dict[str, Any]:
+def accuracy_run(device: str, dry_run: bool, run_dir: str, cache_dir: str, hippocampus: str, minutes: float) -> dict[str, Any]:
+    """``minutes`` of training on msd_hippocampus folds 1-4 with configs/hippocampus_gpu.yaml; fold-0 Dice on every case."""
     from medseg.config.loader import load_config
     from medseg.data.recipes import packaged_folder
     from medseg.train.api import train
 
-    if hippocampus is None:
-        return {"status": "skipped", "reason": "msd_hippocampus not found (give --data)"}
-    overrides = [f"train.device={device}", f"work_dir={work / 'hippo_work'}", f"run_dir={work / 'hippo_run'}", "preprocess.workers=8"]
+    overrides = [f"train.device={device}", f"work_dir={cache_dir}", f"run_dir={run_dir}", "preprocess.workers=8"]
     if dry_run:
         overrides += ["train.max_minutes=0.05", "train.val_max_cases=2", "model.base_features=4", "train.batch_size=2"]
     else:
         overrides += [f"train.max_minutes={minutes}"]
     config = load_config(packaged_folder("medseg.configs") / "hippocampus_gpu.yaml", overrides)
-    config.dataset = str(hippocampus)
+    config.dataset = hippocampus
     started = time.perf_counter()
     (result,) = train(config, [0], progress=False)
     validation = result.last_validation or {}
     return {"status": "ok", "minutes_budget": config.train.max_minutes, "wall_minutes": round((time.perf_counter() - started) / 60, 2),
-            "iterations": result.iterations_done, "epochs": result.epochs_done,
+            "iterations": result.iterations_done, "epochs": result.epochs_done, "compile": config.train.compile,
             "fold0_dice": {str(k): round(v, 4) for k, v in validation.get("dice", {}).items()}, "validation": validation.get("kind")}
+
+
+class BackgroundAccuracy:
+    """The accuracy run in its own process, started first: its minutes of training overlap the short
+    correctness stages (which report no timings), and the timed stages run after it, on an idle GPU."""
+
+    def __init__(self, device: str, dry_run: bool, work: Path, hippocampus: Path, minutes: float, shared: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.result_path, self.log_path = work / "result.json", work / "log.txt"
+        arguments = {"device": device, "dry_run": dry_run, "run_dir": str(work / "hippo_run"), "cache_dir": str(shared / "hippocampus"),
+                     "hippocampus": str(hippocampus), "minutes": minutes}
+        script = ("import json, sys\nfrom medseg.bench.gpu import accuracy_run\n"
+                  f"result = accuracy_run(**{arguments!r})\nopen({str(self.result_path)!r}, 'w').write(json.dumps(result))\n")
+        self.started = time.perf_counter()
+        with open(self.log_path, "w") as log_file:
+            self.process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=_child_env(), stdout=log_file, stderr=subprocess.STDOUT)
+
+    def result(self) -> dict[str, Any]:
+        code = self.process.wait()
+        if code != 0 or not self.result_path.is_file():
+            tail = self.log_path.read_text(errors="replace")[-1500:] if self.log_path.is_file() else ""
+            return {"status": "error", "error": f"the accuracy run exited with code {code}", "tail": tail}
+        return json.loads(self.result_path.read_text())
 
 
 def _infer_once(model: Path, ct: Path, out: Path, device: str, tta: bool) -> dict[str, Any]:
@@ -267,9 +282,9 @@ def stage_inference(device: str, dry_run: bool, work: Path, **_: Any) -> dict[st
 
 
 STAGE_FUNCTIONS: dict[str, Callable[..., dict[str, Any]]] = {
-    "tests": stage_tests, "resume": stage_resume, "ddp": stage_ddp, "throughput": stage_throughput,
-    "accuracy": stage_accuracy, "inference": stage_inference,
+    "tests": stage_tests, "resume": stage_resume, "ddp": stage_ddp, "throughput": stage_throughput, "inference": stage_inference,
 }
+CORRECTNESS, TIMED = ("tests", "resume", "ddp"), ("throughput", "inference")
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -281,7 +296,7 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"CPU: {machine['cpu']}, {machine['cores']} cores; packages: "
              + ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v), "", "| stage | status | result |", "|---|---|---|"]
     for name, stage in result["stages"].items():
-        details = {k: v for k, v in stage.items() if k not in ("status", "rows", "tail", "error")}
+        details = {k: v for k, v in stage.items() if k not in ("status", "rows", "options", "tail", "error")}
         lines.append(f"| {name} | {stage['status']} | {json.dumps(details)[:300] if details else ''}{stage.get('error', '')} |")
     throughput = result["stages"].get("throughput", {}).get("rows", [])
     if throughput:
@@ -290,6 +305,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {row['plan']} | {row['patch_size']} x {row['batch_size']} | {row['steps_per_s']} | {row['step_s_median']} | "
                          f"{row['loader_wait_share']:.0%} | {row['gpu_utilization_pct'] if row['gpu_utilization_pct'] is not None else '-'} | "
                          f"{row['peak_gpu_memory_gb'] if row['peak_gpu_memory_gb'] is not None else '-'} |")
+    options = result["stages"].get("throughput", {}).get("options", [])
+    if options:
+        lines += ["", "Training-step options on the ct_128 plan, each alone against the defaults:", "",
+                  "| option | s/step (median) | speed-up vs default | peak GPU GB | wall s (incl. warm-up/compile) |", "|---|---|---|---|---|"]
+        for row in options:
+            if "error" in row:
+                lines.append(f"| {row['variant']} | failed: {row['error']} | | | |")
+            else:
+                lines.append(f"| {row['variant']} | {row['step_s_median']} | {row['speedup_vs_default']}x | {row['peak_gpu_memory_gb'] or '-'} | {row['wall_s']} |")
     inference = result["stages"].get("inference", {}).get("rows", [])
     if inference:
         lines += ["", "| model | TTA | run | seconds (read to mask written) | stages (s) |", "|---|---|---|---|---|"]
@@ -299,36 +323,62 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(out: Path, result: dict[str, Any]) -> str:
+    """JSON and markdown, rewritten after every stage: a bench stopped from outside keeps what it measured."""
+    write_json(out, result)
+    return write_text(out.with_suffix(".md"), render_markdown(result)).read_text()
+
+
 def bench_gpu(out: str | Path, data_dir: str | Path | None = None, dry_run: bool = False, minutes: float = 5.0,
-              skip: list[str] | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run every stage not in ``skip``; write ``out`` (JSON) and the markdown beside it."""
+              skip: list[str] | None = None, work_dir: str | Path | None = None, step_options: bool = False) -> dict[str, Any]:
+    """Run every stage not in ``skip``; write ``out`` (JSON) and the markdown beside it after each stage.
+
+    The accuracy run starts first in its own process and trains beside the correctness stages
+    (tests, resume, ddp); throughput and inference are timed after it ends, with the GPU to themselves.
+    ``step_options`` adds each training-step option (fp32, channels_last_3d, foreach, eager) timed alone (~1.5 min).
+    """
     skip = list(skip or [])
     unknown = [name for name in skip if name not in STAGES]
     if unknown:
         raise MedsegError(f"bench gpu: --skip {', '.join(unknown)} is not a stage; the stages are {', '.join(STAGES)}")
     if not dry_run and not torch.cuda.is_available():
         raise MedsegError("bench gpu needs a CUDA GPU and this machine has none visible; `medseg bench gpu --dry-run` checks the benchmark on the CPU")
+    begun = time.perf_counter()
     device = "cpu" if dry_run else "cuda"
     data = Path(data_dir or os.environ.get("MEDSEG_TEST_DATA", "../shared/data"))
     hippocampus = data / "msd_hippocampus" if (data / "msd_hippocampus" / "dataset.json").is_file() else None
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "dry_run": dry_run, "machine": machine_info(), "stages": {}}
+    out = Path(out)
     with tempfile.TemporaryDirectory(prefix="medseg_bench_gpu_") as temporary:
         work = Path(work_dir or temporary)
-        for name in STAGES:
-            if name in skip:
+        shared = work / "shared"  # the hippocampus cache, preprocessed once for the accuracy and throughput stages
+        accuracy = None
+        if "accuracy" not in skip:
+            if hippocampus is None:
+                result["stages"]["accuracy"] = {"status": "skipped", "reason": "msd_hippocampus not found (give --data)"}
+            else:
+                log.info("bench gpu: accuracy (%.1f minutes of training, in the background)", minutes)
+                accuracy = BackgroundAccuracy(device, dry_run, work / "accuracy", hippocampus, minutes, shared)
+        for name in (*CORRECTNESS, "accuracy", *TIMED):
+            if name in skip or (name == "accuracy" and accuracy is None):
                 continue
             started = time.perf_counter()
             log.info("bench gpu: %s", name)
-            (work / name).mkdir(parents=True, exist_ok=True)
             try:
-                stage = STAGE_FUNCTIONS[name](device=device, dry_run=dry_run, work=work / name, hippocampus=hippocampus, minutes=minutes)
+                if name == "accuracy":
+                    stage, started = accuracy.result(), accuracy.started
+                else:
+                    (work / name).mkdir(parents=True, exist_ok=True)
+                    stage = STAGE_FUNCTIONS[name](device=device, dry_run=dry_run, work=work / name, hippocampus=hippocampus, shared=shared,
+                                                  step_options=step_options)
             except Exception as error:  # one broken stage must not hide the others' numbers
-                stage = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}"}
+                log.debug("bench gpu: stage %s failed", name, exc_info=True)
+                stage = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}", "tail": traceback.format_exc()[-1500:]}
             stage["seconds"] = round(time.perf_counter() - started, 1)
             result["stages"][name] = stage
+            result["total_minutes"] = round((time.perf_counter() - begun) / 60, 2)
+            _write(out, result)
             if work_dir is None:  # the temporary folder goes anyway; free its disk stage by stage
                 shutil.rmtree(work / name, ignore_errors=True)
-    out = Path(out)
-    write_json(out, result)
-    result["table"] = write_text(out.with_suffix(".md"), render_markdown(result)).read_text()
+    result["table"] = _write(out, result)
     return result

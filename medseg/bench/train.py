@@ -7,6 +7,8 @@ utilisation is sampled with NVML when it is there.
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -20,14 +22,53 @@ from medseg.train.loader import make_loader
 from medseg.train.trainer import Trainer
 
 
-def gpu_utilization(device: torch.device) -> float | None:
-    """Percent of the last sample period the GPU was busy (NVML via torch), or None."""
-    if device.type != "cuda":
-        return None
-    try:
-        return float(torch.cuda.utilization(device))
-    except Exception:  # needs pynvml or the NVML library; optional
-        return None
+class UtilizationSampler:
+    """GPU busy percentage sampled every ``period`` seconds (NVML through torch, else nvidia-smi)."""
+
+    def __init__(self, device: torch.device, period: float = 0.25):
+        self.device, self.period, self.samples = device, period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> float | None:
+        try:
+            return float(torch.cuda.utilization(self.device))
+        except Exception:  # no pynvml: ask nvidia-smi
+            try:
+                index = self.device.index or 0
+                text = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                      capture_output=True, text=True, timeout=5).stdout
+                return float(text.strip().splitlines()[0])
+            except Exception:
+                return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = self._read()
+            if value is not None:
+                self.samples.append(value)
+            self._stop.wait(self.period)
+
+    def start(self) -> None:
+        if self.device.type == "cuda" and not self._thread.is_alive():
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> UtilizationSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
 
 
 def _sync(device: torch.device) -> None:
@@ -41,12 +82,17 @@ def bench_train(config: RunConfig, cache_dir: str | Path, iterations: int = 30, 
     work = Path(run_dir) if run_dir else (Path(out_json).parent / "bench_run" if out_json else Path("bench_run"))
     trainer = Trainer(config, cache_dir, work, progress=False)
     device = trainer.runtime.device
-    waits, steps, utilization = [], [], []
+    waits, steps = [], []
+    sampler = UtilizationSampler(device)  # sampled only over the timed steps, not the warm-up or compile
     with trainer.session as step:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         loader = make_loader(trainer.stream(0, warmup + iterations), trainer.workers, pin_memory=device.type == "cuda")
         step.network.train()
         tick = time.perf_counter()
         for index, batch in enumerate(loader):
+            if index == warmup:
+                sampler.start()
             fetched = time.perf_counter()
             step(batch, config.train.lr)
             _sync(device)
@@ -54,12 +100,11 @@ def bench_train(config: RunConfig, cache_dir: str | Path, iterations: int = 30, 
             if index >= warmup:
                 waits.append(fetched - tick)
                 steps.append(done - fetched)
-                value = gpu_utilization(device)
-                if value is not None:
-                    utilization.append(value)
             tick = time.perf_counter()
+        sampler.stop()
         step.losses_since_sync(warmup + iterations)
         parameters = sum(p.numel() for p in step.network.parameters())
+        compiled = type(getattr(step.model, "module", step.model)).__name__ == "OptimizedModule"  # not if compiling failed
     result = {
         "machine": machine_info(),
         "device": str(device),
@@ -70,7 +115,7 @@ def bench_train(config: RunConfig, cache_dir: str | Path, iterations: int = 30, 
         "batch_size": trainer.configuration.batch_size,
         "model": config.model.name,
         "parameters": parameters,
-        "options": {"channels_last": config.train.channels_last, "compile": config.train.compile, "fused_optimizer": config.train.fused_optimizer,
+        "options": {"channels_last": config.train.channels_last, "compile": config.train.compile, "compiled": compiled, "fused_optimizer": config.train.fused_optimizer,
                     "amp": str(trainer.runtime.autocast_dtype)},
         "iterations": len(steps),
         "step_s_mean": float(np.mean(steps)),
@@ -78,7 +123,7 @@ def bench_train(config: RunConfig, cache_dir: str | Path, iterations: int = 30, 
         "loader_wait_s_mean": float(np.mean(waits)),
         "loader_wait_share": float(np.sum(waits) / (np.sum(waits) + np.sum(steps))),
         "steps_per_s": float(len(steps) / (np.sum(waits) + np.sum(steps))),
-        "gpu_utilization_pct_mean": float(np.mean(utilization)) if utilization else None,
+        "gpu_utilization_pct_mean": sampler.mean,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
     }
     if out_json:

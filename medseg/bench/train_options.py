@@ -22,7 +22,7 @@ from medseg.bench.common import load_average, machine_info
 from medseg.io.atomic import write_json, write_text
 
 VARIANTS: dict[str, list[str]] = {
-    "baseline (fp32, eager, foreach)": [],
+    "baseline (fp32, eager, foreach)": ["train.amp=off", "train.compile=off", "train.fused_optimizer=off"],
     "bf16 autocast": ["train.amp=bf16"],
     "channels_last_3d": ["train.channels_last=true"],
     "torch.compile": ["train.compile=true"],

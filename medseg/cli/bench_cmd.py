@@ -100,15 +100,18 @@ def bench_gpu_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Shared test data folder (msd_hippocampus for the accuracy run) [default: $MEDSEG_TEST_DATA or ../shared/data]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run every stage tiny and on the CPU: checks the bench itself (the tests use this)."),
     minutes: float = typer.Option(5.0, "--minutes", help="GPU training budget of the accuracy run on msd_hippocampus."),
-    skip: list[str] = typer.Option([], "--skip", help="Stages to leave out: tests, resume, ddp, throughput, accuracy, inference (repeatable)."),
+    skip: list[str] = typer.Option([], "--skip", help="Stages to leave out: tests, resume, ddp, accuracy, throughput, inference (repeatable)."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep every stage's data, caches and run folders here (default: a temporary folder, removed)."),
+    step_options: bool = typer.Option(False, "--step-options", help="Also time each training-step option alone against the defaults: fp32, channels_last_3d, foreach optimizer, eager (about 1.5 minutes more)."),
 ) -> None:
     """The one benchmark a lent CUDA GPU runs, in about 8 minutes: correctness, training throughput,
     5-minute accuracy on MSD Hippocampus, and inference of a 512x512x300 CT.
 
     Stages: the `gpu` test marker; a short CUDA training killed with SIGKILL and resumed (weights
-    must equal an uninterrupted run's); a world-size-1 NCCL DDP run; iterations/s, GPU utilisation
-    and loader-wait share for the hippocampus plan and a CT-like 128^3 plan; fold-0 validation Dice
-    after `--minutes` of training on folds 1-4; seconds per CT, cold and warm, per stage, TTA off and on.
+    must equal an uninterrupted run's); a world-size-1 NCCL DDP run; fold-0 validation Dice after
+    `--minutes` of training on folds 1-4 (started first, in the background, beside those three);
+    then, on an idle GPU, iterations/s, GPU utilisation and loader-wait share for the hippocampus
+    plan and a CT-like 128^3 plan, and seconds per CT, cold and warm, per stage, TTA off and on.
     Without CUDA it stops with one line (or runs `--dry-run`).
 
     Examples:
@@ -117,7 +120,7 @@ def bench_gpu_command(
     """
     from medseg.bench.gpu import bench_gpu
 
-    result = bench_gpu(out, data_dir=data, dry_run=dry_run, minutes=minutes, skip=list(skip))
+    result = bench_gpu(out, data_dir=data, dry_run=dry_run, minutes=minutes, skip=list(skip), work_dir=work_dir, step_options=step_options)
     console.print(result["table"])
     console.print(f"wrote {out} and {Path(out).with_suffix('.md')}")
 

@@ -30,7 +30,7 @@ def infer(
                                                             "(files and DICOM series subfolders), a case folder (or folder of them) laid out as the "
                                                             "`medseg dataset import` the model was trained on, or a quoted glob like 'scans/*.nii.gz'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if needed), or a .nii.gz file name for a single case."),
-    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8 passes in 3D). Default: on with CUDA, off on CPU."),
+    tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="Mirroring test-time augmentation (8 passes in 3D). Default: off (measured: +0.003 Dice on hippocampus fold 0 for +20% to +65% time on a GPU, 8x on a CPU)."),
     overlap: Optional[float] = typer.Option(None, "--overlap", help="Sliding-window overlap, 0 to <1. Default 0.5 (nnU-Net)."),
     sw_batch_size: Optional[int] = typer.Option(None, "--sw-batch-size", help="Windows per network call. Default 4 on CUDA; on CPU ~1M voxels per call (1 window of 96^3)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (default: CUDA when present), cpu, cuda, cuda:1 ..."),

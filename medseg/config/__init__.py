@@ -7,6 +7,6 @@
 * :mod:`medseg.config.section`: the base class each module's section derives from.
 """
 
-from medseg.config.section import Section
+from medseg.config.section import Section, yaml_switch
 
-__all__ = ["Section"]
+__all__ = ["Section", "yaml_switch"]

@@ -299,10 +299,11 @@ def _three_d(spacing: np.ndarray, median_shape: np.ndarray, dataset_voxels: floa
 def lowres_configuration(spacing: np.ndarray, median_shape: np.ndarray, dataset_voxels: float, fullres: Configuration,
                          config: PlanConfig, sizing_: Sizing) -> Configuration | None:
     """nnU-Net's 3d_lowres: coarsen the grid (the finer axes first, 3% a step) until the patch covers
-    ``lowres_patch_fraction`` of the median case; None when the full-resolution patch already does."""
+    ``lowres_patch_fraction`` (``cpu_lowres_patch_fraction`` on a CPU) of the median case; None when the full-resolution patch already does."""
     median_voxels = float(np.prod(median_shape))
     forced = config.patch_size_3d is not None or config.target_spacing is not None  # the user chose the grid or the patch
-    if forced or np.prod(fullres.patch_size) >= config.lowres_patch_fraction * median_voxels:
+    fraction = config.cpu_lowres_patch_fraction if sizing_.cpu else config.lowres_patch_fraction
+    if forced or np.prod(fullres.patch_size) >= fraction * median_voxels:
         return None
     low = np.array(spacing, dtype=float)
     chosen = fullres
@@ -311,10 +312,10 @@ def lowres_configuration(spacing: np.ndarray, median_shape: np.ndarray, dataset_
         low = np.where(coarse / low > 2, low * 1.03, low) if np.any(coarse / low > 2) else low * 1.03
         shape = median_shape * spacing / low
         chosen = _three_d(low, shape, dataset_voxels * float(np.prod(spacing / low)), config, sizing_)
-        if np.prod(chosen.patch_size) >= config.lowres_patch_fraction * float(np.prod(shape)):
+        if np.prod(chosen.patch_size) >= fraction * float(np.prod(shape)):
             break
     chosen.spacing_reason = (f"the 3d_fullres patch covers {np.prod(fullres.patch_size) / median_voxels:.0%} of the median case "
-                             f"(< {config.lowres_patch_fraction:.0%}): grid coarsened to {[round(float(v), 3) for v in low]} mm until its patch covers "
+                             f"(< {fraction:.0%}{', the CPU share' if sizing_.cpu else ''}): grid coarsened to {[round(float(v), 3) for v in low]} mm until its patch covers "
                              f"{np.prod(chosen.patch_size) / float(np.prod(median_shape * spacing / low)):.0%} (nnU-Net's 3d_lowres)")
     chosen.target_spacing = [float(v) for v in low]
     return chosen

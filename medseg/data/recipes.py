@@ -126,10 +126,17 @@ class Recipe(Section):
 
 # --- finding recipes ---------------------------------------------------------------------------
 def packaged_folder(package: str) -> Path:
-    """The folder of a data-only package shipped with medseg (editable installs map it to the repository)."""
+    """The folder of a data-only package shipped with medseg (editable installs map it to the repository;
+    a source checkout used through PYTHONPATH, uninstalled, finds it at the repository's top)."""
     from importlib.resources import files
 
-    return Path(str(files(package)))
+    try:
+        return Path(str(files(package)))
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / package.removeprefix("medseg.")
+        if checkout.is_dir():
+            return checkout
+        raise
 
 
 

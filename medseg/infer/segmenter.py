@@ -95,7 +95,7 @@ class Segmenter:
             self.config = self.config.model_copy(update={"device": "cpu", "compile": "off", "amp": "off"})
         self.runtime = resolve_runtime(self.config.device, self.config.amp, self.config.threads)
         self.model = loaded.to(self.runtime.device)
-        tta = self.config.tta if self.config.tta is not None else self.runtime.cuda
+        tta = bool(self.config.tta)
         mirrors = mirror_sets(self.config.tta_axes, self.model.spatial_dims, tta)
         sw_batch = self.config.sw_batch_size or default_sw_batch_size(self.runtime.device, self.model.patch_size)
         self.spec = WindowSpec(self.model.patch_size, self.config.overlap, sw_batch, mirrors, self.model.configuration.slice_axis,

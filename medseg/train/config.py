@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from medseg.config import Section
+from medseg.config import Section, yaml_switch
 
 
 class TrainConfig(Section):
@@ -34,7 +34,9 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(12.0, gt=0)
     foreground_share: float = Field(1 / 3, ge=0, le=1, description="share of each batch forced to contain foreground")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 on CUDA if supported, else fp16 on CUDA, off on CPU")
-    compile: bool = Field(False, description="torch.compile the training network (measured on 2 CPU cores: see reports/train_step_options_cpu.md)")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the training network; auto = on CUDA (1.8x per step on a 128^3 plan on an H200 after ~30 s of "
+        "compiling: reports/gpu_benchmark.md), off on CPU (reports/train_step_options_cpu.md). If compiling fails, training goes on eagerly")
     channels_last: bool = Field(False, description="channels_last_3d memory format for 3D networks (measured on 2 CPU cores: see reports/train_step_options_cpu.md)")
     fused_optimizer: Literal["auto", "on", "off"] = Field("auto", description="torch's fused optimizer kernels; auto = on CUDA, off on CPU (foreach)")
     num_workers: int | None = Field(None, ge=0, description="data loader processes; None = derived from the cores (CUDA: cores-1 up to 12; CPU: a quarter of the cores)")
@@ -52,8 +54,7 @@ class TrainConfig(Section):
     checkpoint_minutes: float = Field(5.0, gt=0, description="write the resume checkpoint (checkpoint_last.pt) when this much time passed since the last one, and at the end")
     tensorboard: bool = True
 
-    @field_validator("fused_optimizer", mode="before")
+    @field_validator("fused_optimizer", "compile", "amp", mode="before")
     @classmethod
-    def _yaml_booleans(cls, value: object) -> object:
-        """YAML reads unquoted on/off as booleans: accept them as "on"/"off"."""
-        return ("on" if value else "off") if isinstance(value, bool) else value
+    def _yaml_booleans(cls, value: object, info: ValidationInfo) -> object:
+        return yaml_switch(value, on_means_on=info.field_name != "amp")

@@ -9,12 +9,15 @@ arrive as uint8 and are widened on the device. Nothing here calls ``.item()`` pe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from medseg.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +30,7 @@ class TrainStep:
     runtime: Runtime
     grad_clip: float | None = None
     channels_last: bool = False
+    eager_model: nn.Module | None = None  # set when ``model`` is compiled: what runs if compiling fails
     _pending: list[torch.Tensor] = field(default_factory=list)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +41,24 @@ class TrainStep:
         return image, label
 
     def __call__(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
-        """Forward, backward and update at learning rate ``lr``; returns the loss as a device tensor."""
+        """Forward, backward and update at learning rate ``lr``; returns the loss as a device tensor.
+
+        The first step of a compiled model compiles it (forward and backward); if that fails (no C++
+        compiler, an unsupported op), the step is redone eagerly and training goes on without compiling.
+        """
+        if self.eager_model is None:
+            return self._step(batch, lr)
+        try:
+            return self._step(batch, lr)
+        except Exception as error:  # an eager failure would fail again below and surface there
+            log.warning("torch.compile failed (%s: %s); training continues without compiling", type(error).__name__, str(error).splitlines()[0][:200])
+            self.model = self.eager_model
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step(batch, lr)
+        finally:
+            self.eager_model = None
+
+    def _step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         image, label = self.to_device(batch)

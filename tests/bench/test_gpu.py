@@ -32,12 +32,27 @@ def test_dry_run_inference_stage_writes_json_and_markdown(tmp_path):
     assert "| 3mm_96 | on | warm |" in (tmp_path / "gpu.md").read_text() and result["machine"]["cores"] >= 1
 
 
-@pytest.mark.slow
 def test_dry_run_of_every_stage(tmp_path, shared_data):
-    result = bench_gpu(tmp_path / "gpu.json", data_dir=shared_data, dry_run=True, work_dir=tmp_path / "work")
+    """The whole bench, tiny and on the CPU (about 45 s): what the first GPU session runs, minus the GPU."""
+    result = bench_gpu(tmp_path / "gpu.json", data_dir=shared_data, dry_run=True, work_dir=tmp_path / "work", step_options=True)
     stages = result["stages"]
-    assert set(stages) == set(STAGES)
+    assert list(stages) == ["tests", "resume", "ddp", "accuracy", "throughput", "inference"]  # accuracy trained beside the first three
     failed = {name: stage for name, stage in stages.items() if stage["status"] not in ("ok", "skipped")}
     assert not failed, failed
     assert stages["resume"]["max_weight_difference"] == 0.0 and stages["ddp"]["ranks_with_rng_state"] == ["0"]
     assert all(row["steps_per_s"] > 0 for row in stages["throughput"]["rows"])
+    assert {row["variant"] for row in stages["throughput"]["options"]} >= {"amp off (fp32)", "channels_last_3d", "eager (compile off)"}
+    written = json.loads((tmp_path / "gpu.json").read_text())
+    assert list(written["stages"]) == list(stages)
+    if stages["accuracy"]["status"] == "ok":  # msd_hippocampus present
+        assert stages["accuracy"]["iterations"] > 0 and set(stages["accuracy"]["fold0_dice"]) == {"1", "2"}
+        assert "| accuracy | ok |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_a_failing_background_accuracy_run_is_reported_with_its_log(tmp_path):
+    from medseg.bench.gpu import BackgroundAccuracy
+
+    missing = tmp_path / "no_such_dataset"
+    run = BackgroundAccuracy("cpu", True, tmp_path / "accuracy", missing, 0.05, tmp_path / "shared")
+    stage = run.result()
+    assert stage["status"] == "error" and "exited with code" in stage["error"] and stage["tail"]

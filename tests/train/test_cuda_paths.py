@@ -95,3 +95,64 @@ def test_amp_resolution():
         resolve_amp("fp16", cpu)
     with pytest.raises(ConfigError, match="choose one of"):
         resolve_amp("fp8", cpu)
+
+
+def test_plain_cuda_resolves_to_the_ranks_indexed_gpu(monkeypatch):
+    """On the first H200 run `train.device=cuda` reached torch.cuda.set_device without an index and every CUDA
+    path crashed ("Expected a torch.device with a specified index"); set_device is checked the way torch checks it."""
+    from torch._utils import _get_device_index
+
+    from medseg.runtime import Runtime, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:2", local_rank=1) == torch.device("cuda", 2)  # an explicit index is kept
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(_get_device_index(device)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with runtime_scope(Runtime(resolve_device("cuda", local_rank=1), None, 1)):
+        pass
+    assert chosen == [1, 0]  # this rank's GPU inside, the caller's after
+
+
+class _FailsToCompile(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("inductor: no working C++ compiler")
+
+
+def _step_with(model: torch.nn.Module, network: torch.nn.Module, eager: torch.nn.Module | None) -> TrainStep:
+    return TrainStep(model, network, torch.nn.CrossEntropyLoss(), make_optimizer(network, "sgd", 0.01, 0.9, True, 0.0, fused=False),
+                     torch.amp.GradScaler("cuda", enabled=False), resolve_runtime("cpu", "off", 1), eager_model=eager)
+
+
+def test_a_compiled_model_that_fails_to_compile_trains_eagerly(caplog):
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 2, 3, padding=1)
+    step = _step_with(_FailsToCompile(), network, eager=network)
+    batch = {"image": torch.randn(2, 1, 6, 6, 6), "label": torch.randint(0, 2, (2, 6, 6, 6), dtype=torch.uint8)}
+    before = network.weight.detach().clone()
+    with caplog.at_level("WARNING"):
+        loss = step(batch, 0.01)
+    assert torch.isfinite(loss) and "training continues without compiling" in caplog.text
+    assert step.model is network and not torch.equal(before, network.weight)  # the step was redone and applied
+    step(batch, 0.01)  # later steps run eagerly without trying again
+    assert step.model is network
+
+
+def test_an_eager_failure_is_not_hidden_by_the_fallback():
+    network = torch.nn.Conv3d(1, 2, 3, padding=1)
+    step = _step_with(_FailsToCompile(), network, eager=_FailsToCompile())
+    batch = {"image": torch.randn(1, 1, 4, 4, 4), "label": torch.zeros((1, 4, 4, 4), dtype=torch.uint8)}
+    with pytest.raises(RuntimeError, match="no working C\\+\\+ compiler"):
+        step(batch, 0.01)
+
+
+def test_training_compiles_by_default_on_cuda_only():
+    from medseg.config.loader import load_config
+
+    assert load_config(None, []).train.compile == "auto"
+    assert load_config(None, ["train.compile=true"]).train.compile == "on"
+    assert load_config(None, ["train.compile=off"]).train.compile == "off"
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
