@@ -109,9 +109,12 @@ def stage_plan(state: DemoState) -> str:
     state.config = _demo_config(state)
     plan = plan_dataset(state.dataset_dir, state.config, Path(state.config.work_dir) / "plans.json", workers=state.config.preprocess.workers, progress=False)
     state.plan = plan
-    chosen = plan.configuration(state.config.train.configuration)
+    train, model = state.config.train, state.config.model
+    planned = plan.configuration(train.configuration)
+    chosen = planned.with_overrides(train.patch_size, train.batch_size)  # what training runs: the demo config's patch and batch
+    width = f"base {model.base_features} features (config)" if model.base_features else f"features {planned.features_per_stage}"
     return (f"{chosen.name} ('3d' on this {plan.planned_for.kind if plan.planned_for else 'machine'}): grid {[round(v, 2) for v in chosen.grid_spacing()]} mm, "
-            f"patch {chosen.patch_size}, batch {chosen.batch_size}, features {chosen.features_per_stage}; CT clip {plan.preprocessing.normalization[0].clip}")
+            f"patch {chosen.patch_size}, batch {chosen.batch_size}, {width}; CT clip {plan.preprocessing.normalization[0].clip}")
 
 
 def stage_preprocess(state: DemoState) -> str:

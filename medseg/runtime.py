@@ -70,7 +70,7 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "device") -> t
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"{setting}={name}: medseg runs on cpu or cuda")
     if device.type == "cuda" and device.index is None:  # plain "cuda": this rank's GPU (set_device needs an index)
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))  # one visible GPU per rank: cuda:0
     return device
 
 

@@ -1,17 +1,19 @@
-"""`medseg bench gpu`: the one benchmark a lent CUDA GPU runs (about 8 minutes), prepared so that the
-first session with a GPU needs nothing but this command.
+"""`medseg bench gpu`: the one benchmark a lent CUDA GPU runs (about 8 minutes), prepared so that a
+session with a GPU needs nothing but this command.
 
-Stages (each recorded on its own; one failing does not stop the others):
+Stages (each recorded on its own and written out as soon as it ends; one failing does not stop the others):
 
-* ``tests``: the ``gpu`` pytest marker (CUDA-only tests), when the tests folder is there;
+* ``accuracy``: ``minutes`` of training on msd_hippocampus (folds 1-4), fold-0 validation Dice on every
+  held-out case. Started first, in its own process, so that it trains beside the three short
+  correctness stages, whose timings do not matter;
+* ``tests``: the ``gpu`` pytest marker (the test files that hold gpu-marked tests), when the tests folder is there;
 * ``resume``: a short CUDA training killed with SIGKILL after its first resume checkpoint and resumed;
   its weights are compared with an uninterrupted run's (deterministic kernels, as the CPU test);
 * ``ddp``: a world-size-1 NCCL DistributedDataParallel run through ``torchrun``;
-* ``throughput``: iterations/s, sampled GPU utilisation and the loader-wait share, for the hippocampus
-  plan and a CT-like 128^3 plan on synthetic data;
-* ``accuracy``: ``minutes`` of training on msd_hippocampus (folds 1-4), fold-0 validation Dice;
-* ``inference``: seconds per 512x512x300 CT, cold (first case) and warm, per stage, TTA off and on,
-  for a 3 mm (TotalSegmentator-fast-like) and a 1.5 mm network.
+* then, with the GPU to themselves, the timed stages: ``throughput`` (iterations/s, GPU utilisation sampled
+  over the timed steps, loader-wait share and peak memory, for the hippocampus plan and a CT-like 128^3
+  plan; with ``step_options`` each training-step option alone) and ``inference`` (seconds per 512x512x300
+  CT, cold and warm, per stage, TTA off and on, for a 3 mm and a 1.5 mm network).
 
 ``dry_run`` runs every stage tiny and on the CPU, so the benchmark itself is tested without a GPU.
 """
@@ -42,6 +44,7 @@ from medseg.io.atomic import write_json, write_text
 log = logging.getLogger(__name__)
 
 STAGES = ("tests", "resume", "ddp", "accuracy", "throughput", "inference")
+ACCURACY_GRACE_S = 600  # beyond its training minutes: preprocessing, the final validation on every case, a slow start
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -237,12 +240,22 @@ class BackgroundAccuracy:
         with open(self.log_path, "w") as log_file:
             self.process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=_child_env(), stdout=log_file, stderr=subprocess.STDOUT)
 
-    def result(self) -> dict[str, Any]:
-        code = self.process.wait()
+    def result(self, timeout_s: float) -> dict[str, Any]:
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return {"status": "error", "error": f"the accuracy run did not end within {timeout_s / 60:.0f} minutes and was stopped",
+                    "tail": self.log_path.read_text(errors="replace")[-1500:]}
         if code != 0 or not self.result_path.is_file():
             tail = self.log_path.read_text(errors="replace")[-1500:] if self.log_path.is_file() else ""
             return {"status": "error", "error": f"the accuracy run exited with code {code}", "tail": tail}
         return json.loads(self.result_path.read_text())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def _infer_once(model: Path, ct: Path, out: Path, device: str, tta: bool) -> dict[str, Any]:
@@ -343,7 +356,6 @@ def bench_gpu(out: str | Path, data_dir: str | Path | None = None, dry_run: bool
         raise MedsegError(f"bench gpu: --skip {', '.join(unknown)} is not a stage; the stages are {', '.join(STAGES)}")
     if not dry_run and not torch.cuda.is_available():
         raise MedsegError("bench gpu needs a CUDA GPU and this machine has none visible; `medseg bench gpu --dry-run` checks the benchmark on the CPU")
-    begun = time.perf_counter()
     device = "cpu" if dry_run else "cuda"
     data = Path(data_dir or os.environ.get("MEDSEG_TEST_DATA", "../shared/data"))
     hippocampus = data / "msd_hippocampus" if (data / "msd_hippocampus" / "dataset.json").is_file() else None
@@ -353,32 +365,42 @@ def bench_gpu(out: str | Path, data_dir: str | Path | None = None, dry_run: bool
         work = Path(work_dir or temporary)
         shared = work / "shared"  # the hippocampus cache, preprocessed once for the accuracy and throughput stages
         accuracy = None
-        if "accuracy" not in skip:
-            if hippocampus is None:
-                result["stages"]["accuracy"] = {"status": "skipped", "reason": "msd_hippocampus not found (give --data)"}
-            else:
-                log.info("bench gpu: accuracy (%.1f minutes of training, in the background)", minutes)
-                accuracy = BackgroundAccuracy(device, dry_run, work / "accuracy", hippocampus, minutes, shared)
-        for name in (*CORRECTNESS, "accuracy", *TIMED):
-            if name in skip or (name == "accuracy" and accuracy is None):
-                continue
-            started = time.perf_counter()
-            log.info("bench gpu: %s", name)
-            try:
-                if name == "accuracy":
-                    stage, started = accuracy.result(), accuracy.started
-                else:
-                    (work / name).mkdir(parents=True, exist_ok=True)
-                    stage = STAGE_FUNCTIONS[name](device=device, dry_run=dry_run, work=work / name, hippocampus=hippocampus, shared=shared,
-                                                  step_options=step_options)
-            except Exception as error:  # one broken stage must not hide the others' numbers
-                log.debug("bench gpu: stage %s failed", name, exc_info=True)
-                stage = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}", "tail": traceback.format_exc()[-1500:]}
-            stage["seconds"] = round(time.perf_counter() - started, 1)
-            result["stages"][name] = stage
-            result["total_minutes"] = round((time.perf_counter() - begun) / 60, 2)
-            _write(out, result)
-            if work_dir is None:  # the temporary folder goes anyway; free its disk stage by stage
-                shutil.rmtree(work / name, ignore_errors=True)
+        if "accuracy" not in skip and hippocampus is not None:
+            log.info("bench gpu: accuracy (%.1f minutes of training, in the background)", minutes)
+            accuracy = BackgroundAccuracy(device, dry_run, work / "accuracy", hippocampus, minutes, shared)
+        try:
+            _run_stages(result, out, work, work_dir is None, skip, accuracy, device=device, dry_run=dry_run, hippocampus=hippocampus,
+                        shared=shared, step_options=step_options, minutes=minutes)
+        finally:  # an interrupted bench leaves no training behind
+            if accuracy is not None:
+                accuracy.stop()
     result["table"] = _write(out, result)
     return result
+
+
+def _run_stages(result: dict[str, Any], out: Path, work: Path, temporary: bool, skip: list[str], accuracy: BackgroundAccuracy | None,
+                minutes: float, **options: Any) -> None:
+    """Correctness stages (beside the background accuracy run), the accuracy result, then the timed stages."""
+    begun = time.perf_counter()
+    for name in (*CORRECTNESS, "accuracy", *TIMED):
+        if name in skip:
+            continue
+        started = time.perf_counter()
+        log.info("bench gpu: %s", name)
+        try:
+            if name == "accuracy" and accuracy is None:
+                stage = {"status": "skipped", "reason": "msd_hippocampus not found (give --data)"}
+            elif name == "accuracy":
+                stage, started = accuracy.result(timeout_s=minutes * 60 + ACCURACY_GRACE_S), accuracy.started
+            else:
+                (work / name).mkdir(parents=True, exist_ok=True)
+                stage = STAGE_FUNCTIONS[name](work=work / name, **options)
+        except Exception as error:  # one broken stage must not hide the others' numbers
+            log.debug("bench gpu: stage %s failed", name, exc_info=True)
+            stage = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}", "tail": traceback.format_exc()[-1500:]}
+        stage["seconds"] = round(time.perf_counter() - started, 1)
+        result["stages"][name] = stage
+        result["total_minutes"] = round((time.perf_counter() - begun) / 60, 2)
+        _write(out, result)
+        if temporary:  # the temporary folder goes anyway; free its disk stage by stage
+            shutil.rmtree(work / name, ignore_errors=True)

@@ -90,21 +90,23 @@ def bench_train(config: RunConfig, cache_dir: str | Path, iterations: int = 30, 
         loader = make_loader(trainer.stream(0, warmup + iterations), trainer.workers, pin_memory=device.type == "cuda")
         step.network.train()
         tick = time.perf_counter()
-        for index, batch in enumerate(loader):
-            if index == warmup:
-                sampler.start()
-            fetched = time.perf_counter()
-            step(batch, config.train.lr)
-            _sync(device)
-            done = time.perf_counter()
-            if index >= warmup:
-                waits.append(fetched - tick)
-                steps.append(done - fetched)
-            tick = time.perf_counter()
-        sampler.stop()
+        try:
+            for index, batch in enumerate(loader):
+                if index == warmup:
+                    sampler.start()
+                fetched = time.perf_counter()
+                step(batch, config.train.lr)
+                _sync(device)
+                done = time.perf_counter()
+                if index >= warmup:
+                    waits.append(fetched - tick)
+                    steps.append(done - fetched)
+                tick = time.perf_counter()
+        finally:  # a failed run must not leave the sampler polling beside the next one
+            sampler.stop()
         step.losses_since_sync(warmup + iterations)
         parameters = sum(p.numel() for p in step.network.parameters())
-        compiled = type(getattr(step.model, "module", step.model)).__name__ == "OptimizedModule"  # not if compiling failed
+        compiled = type(step.model).__name__ == "OptimizedModule"  # torch.compile's wrapper; not there if compiling failed
     result = {
         "machine": machine_info(),
         "device": str(device),

@@ -55,7 +55,7 @@ class PlanConfig(Section):
     cpu_max_features_3d: int = Field(128, ge=1)
     cpu_max_features_2d: int = Field(256, ge=1)
     lowres_patch_fraction: float = Field(
-        0.25, gt=0, le=1, description="Plan 3d_lowres when the 3d_fullres patch covers less than this share of the median case (nnU-Net's rule).")
+        0.25, gt=0, le=1, description="GPU plans: plan 3d_lowres when the 3d_fullres patch covers less than this share of the median case (nnU-Net's rule).")
     cpu_lowres_patch_fraction: float = Field(
         0.5, gt=0, le=1, description="The same share for CPU plans, whose voxel budget keeps patches small: the coarser grid gives each "
         "patch the context to tell an organ from its mirror image (synthetic CT, 8 CPU minutes: liver Dice 0.73 at 0.25, 0.9+ at 0.5).")

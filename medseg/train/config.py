@@ -36,8 +36,9 @@ class TrainConfig(Section):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 on CUDA if supported, else fp16 on CUDA, off on CPU")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the training network; auto = on CUDA (1.8x per step on a 128^3 plan on an H200 after ~30 s of "
-        "compiling: reports/gpu_benchmark.md), off on CPU (reports/train_step_options_cpu.md). If compiling fails, training goes on eagerly")
-    channels_last: bool = Field(False, description="channels_last_3d memory format for 3D networks (measured on 2 CPU cores: see reports/train_step_options_cpu.md)")
+        "compiling: reports/gpu_benchmark.md), off on CPU (minutes of compiling on a small CPU; time it there with "
+        "python -m medseg.bench.train_options). If compiling fails, training goes on eagerly")
+    channels_last: bool = Field(False, description="channels_last_3d memory format for 3D networks (0.76x as fast on an H200: reports/gpu_benchmark.md)")
     fused_optimizer: Literal["auto", "on", "off"] = Field("auto", description="torch's fused optimizer kernels; auto = on CUDA, off on CPU (foreach)")
     num_workers: int | None = Field(None, ge=0, description="data loader processes; None = derived from the cores (CUDA: cores-1 up to 12; CPU: a quarter of the cores)")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None = this process's share of the cores, minus loader workers")

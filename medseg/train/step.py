@@ -30,7 +30,7 @@ class TrainStep:
     runtime: Runtime
     grad_clip: float | None = None
     channels_last: bool = False
-    eager_model: nn.Module | None = None  # set when ``model`` is compiled: what runs if compiling fails
+    eager_model: nn.Module | None = None  # set when ``model`` is compiled (one process): what runs if compiling fails
     _pending: list[torch.Tensor] = field(default_factory=list)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,17 +46,20 @@ class TrainStep:
         The first step of a compiled model compiles it (forward and backward); if that fails (no C++
         compiler, an unsupported op), the step is redone eagerly and training goes on without compiling.
         """
-        if self.eager_model is None:
+        eager, self.eager_model = self.eager_model, None
+        if eager is None:
             return self._step(batch, lr)
         try:
             return self._step(batch, lr)
-        except Exception as error:  # an eager failure would fail again below and surface there
-            log.warning("torch.compile failed (%s: %s); training continues without compiling", type(error).__name__, str(error).splitlines()[0][:200])
-            self.model = self.eager_model
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._step(batch, lr)
-        finally:
-            self.eager_model = None
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as error:  # an eager failure fails again below and surfaces there
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+        # retried outside the handler, so the failed attempt's traceback (and the activations it holds) is freed
+        log.warning("torch.compile failed (%s); training continues without compiling", reason)
+        self.model = eager
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._step(batch, lr)
 
     def _step(self, batch: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:

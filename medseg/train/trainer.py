@@ -119,13 +119,16 @@ class Trainer:
             network = network.to(memory_format=torch.channels_last_3d)
         fused = train.fused_optimizer == "on" or (train.fused_optimizer == "auto" and self.runtime.cuda)
         optimizer = make_optimizer(network, train.optimizer, train.lr, train.momentum, train.nesterov, train.weight_decay, fused)
+        model = network
+        if self.dist.enabled:
+            model = DistributedDataParallel(network, device_ids=[self.runtime.device.index] if self.runtime.cuda else None)
+        # compile(DDP(network)), as PyTorch recommends. The eager fallback is for one process only: under DDP a compile
+        # failure on one rank would leave the others' collectives waiting, so there it is an error.
         compiled = train.compile == "on" or (train.compile == "auto" and self.runtime.cuda)
-        wrap = (lambda module: DistributedDataParallel(module, device_ids=[self.runtime.device.index] if self.runtime.cuda else None)) \
-            if self.dist.enabled else (lambda module: module)
         scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.needs_grad_scaler)
         loss = build_loss(self.config.loss, self.regions, self.plan.preprocessing.ignore_label)
-        return TrainStep(wrap(torch.compile(network) if compiled else network), network, loss.to(self.runtime.device), optimizer, scaler,
-                         self.runtime, train.grad_clip, channels_last, eager_model=wrap(network) if compiled else None)
+        return TrainStep(torch.compile(model) if compiled else model, network, loss.to(self.runtime.device), optimizer, scaler,
+                         self.runtime, train.grad_clip, channels_last, eager_model=model if compiled and not self.dist.enabled else None)
 
     def sampling(self, augment: bool = True) -> PatchSampling:
         augment_config = self.config.augment if augment else self.config.augment.model_copy(update={"enabled": False})

@@ -54,5 +54,5 @@ def test_a_failing_background_accuracy_run_is_reported_with_its_log(tmp_path):
 
     missing = tmp_path / "no_such_dataset"
     run = BackgroundAccuracy("cpu", True, tmp_path / "accuracy", missing, 0.05, tmp_path / "shared")
-    stage = run.result()
+    stage = run.result(timeout_s=300)
     assert stage["status"] == "error" and "exited with code" in stage["error"] and stage["tail"]

@@ -105,10 +105,14 @@ def test_plain_cuda_resolves_to_the_ranks_indexed_gpu(monkeypatch):
     from medseg.runtime import Runtime, resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert resolve_device("cuda") == torch.device("cuda", 0)
     assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 3)
     assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
     assert resolve_device("cuda:2", local_rank=1) == torch.device("cuda", 2)  # an explicit index is kept
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES gives each rank its one GPU
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(_get_device_index(device)))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
