@@ -129,7 +129,10 @@ def resolve_checkpoints(model: str | Path) -> list[Path]:
         else:
             found.append(checkpoint)
     if not found:
-        raise InputError(path, f"no {BEST} or {LAST} here nor in fold_* subfolders: not a medseg run folder")
+        # `medseg train DATASET` without -o writes runs/<dataset>/<configuration>/fold_k: name the configurations
+        runs = sorted(entry for entry in path.iterdir() if entry.is_dir() and any(entry.glob("fold_*/checkpoint_*.pt")))
+        hint = f"; it holds the run folder(s) {', '.join(str(run) for run in runs)}: pass one of those" if runs else ": not a medseg run folder"
+        raise InputError(path, f"no {BEST} or {LAST} here nor in fold_* subfolders{hint}")
     return found
 
 

@@ -134,3 +134,16 @@ def test_a_folder_of_case_folders_and_one_that_does_not_match(tmp_path):
     assert found.cases[1].problem is None and found.cases[2].problem is None
     without = discover_cases(src / "pat00", 2, None)  # a model without the layout: plain files, one case each
     assert {case.name for case in without.cases} >= {"Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd"}
+
+
+def test_a_dataset_run_folder_names_the_configuration_runs_inside_it(tmp_path):
+    """`medseg train DATASET` without -o writes runs/<dataset>/<configuration>/fold_0; inferring with
+    runs/<dataset> must say which folder to pass instead of only "not a run folder"."""
+    from medseg.infer.model import resolve_checkpoints
+
+    fold = tmp_path / "runs" / "Liver" / "3d_lowres" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_best.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="holds the run folder\\(s\\) .*3d_lowres: pass one of those"):
+        resolve_checkpoints(tmp_path / "runs" / "Liver")
+    assert resolve_checkpoints(tmp_path / "runs" / "Liver" / "3d_lowres") == [fold / "checkpoint_best.pt"]
