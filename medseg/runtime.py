@@ -58,9 +58,9 @@ def available_cores() -> int:
 
 
 def resolve_device(name: str, local_rank: int = 0, setting: str = "device") -> torch.device:
-    """``auto`` = the local rank's CUDA GPU when there is one, else the CPU."""
+    """``auto`` = the local rank's CUDA GPU when there is one, else the CPU; plain ``cuda`` = the local rank's GPU."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as error:

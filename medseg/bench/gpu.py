@@ -28,13 +28,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from medseg.bench.common import machine_info

@@ -70,7 +70,6 @@ class UtilizationSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

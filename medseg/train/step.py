@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from medseg.errors import brief
 from medseg.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class TrainStep:
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as error:  # an eager failure fails again below and surfaces there
-            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+            reason = f"{type(error).__name__}: {brief(error)}"
         # retried outside the handler, so the failed attempt's traceback (and the activations it holds) is freed
         log.warning("torch.compile failed (%s); training continues without compiling", reason)
         self.model = eager
