@@ -74,12 +74,24 @@ def resolve_device(name: str, local_rank: int = 0, setting: str = "device") -> t
     return device
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA when supported, else fp16; off on CPU (bit-identical fp32). bf16 on CPU is opt-in."""
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Sapphire Rapids and later), where bf16 convolutions run natively."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # older torch, or a CPU torch cannot query
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device, training: bool = False) -> torch.dtype | None:
+    """auto: bf16 on CUDA when supported, else fp16. On a CPU, bf16 for *training* where the CPU has AMX: a
+    training step of the new-user CPU plan took 0.145 s instead of 0.297 s on a 2-core AMX Xeon. CPU inference
+    stays fp32 by default, because bf16 masks are not bit-identical (bf16 there is opt-in)."""
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp={amp!r}: choose one of {', '.join(AMP_CHOICES)}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp == "off":
         return None
+    if amp == "auto" and device.type != "cuda":
+        return torch.bfloat16 if training and cpu_has_amx() else None
     if amp == "fp16":
         if device.type != "cuda":
             raise ConfigError("amp=fp16 needs CUDA; on CPU use bf16 or off")
@@ -94,7 +106,7 @@ def resolve_runtime(device: str = "auto", amp: str = "auto", threads: int | None
     """Config strings -> a Runtime; CPU threads default to this process's share of the cores."""
     chosen = resolve_device(device, local_rank, "train.device" if training else "infer.device")
     count = threads or max(1, available_cores() // max(world_size, 1))
-    return Runtime(chosen, resolve_amp(amp, chosen), count, cudnn_benchmark=chosen.type == "cuda" and not deterministic,
+    return Runtime(chosen, resolve_amp(amp, chosen, training), count, cudnn_benchmark=chosen.type == "cuda" and not deterministic,
                    deterministic=deterministic)
 
 

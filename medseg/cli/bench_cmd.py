@@ -94,13 +94,37 @@ def bench_evaluate_command(
     console.print(line)
 
 
+@bench_app.command("architectures")
+def bench_architectures_command(
+    dataset: Path = typer.Argument(..., help="Raw dataset folder (MSD layout), e.g. ../shared/data/msd_hippocampus."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config shared by every architecture (plan, patch, batch, widths)."),
+    minutes: float = typer.Option(10.0, "--minutes", help="Training budget per architecture (wall clock)."),
+    model: list[str] = typer.Option([], "--model", "-m", help="Architectures to train (repeatable); default: every registered one."),
+    overrides: list[str] = typer.Option([], "--set", help="Config override section.key=value for every run (repeatable)."),
+    infer_cases: int = typer.Option(5, "--infer-cases", help="Held-out cases timed with `medseg infer` per architecture."),
+    out: Path = typer.Option(Path("architectures.json"), "--out", "-o", help="JSON results; the markdown table is written beside it."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep the run folders here (default: a temporary folder, removed)."),
+) -> None:
+    """Train every registered architecture for the same budget on one dataset and compare them: validation Dice
+    per label, parameters, s/step, iterations reached and inference seconds per case, in one table.
+
+    Examples:
+      medseg bench architectures ../shared/data/msd_hippocampus -c configs/hippocampus.yaml --minutes 10 -o reports/architectures.json
+      medseg bench architectures DATA -m dynunet -m fcn --minutes 2 --set train.fold=1
+    """
+    from medseg.bench.architectures import bench_architectures
+
+    result = bench_architectures(dataset, out, config, minutes, model or None, overrides, infer_cases, work_dir)
+    console.print(out.with_suffix(".md").read_text() if out.with_suffix(".md").is_file() else f"{len(result['rows'])} rows")
+
+
 @bench_app.command("gpu")
 def bench_gpu_command(
     out: Path = typer.Option(Path("reports/gpu_benchmark.json"), "--out", "-o", help="JSON results; the markdown table is written beside it."),
     data: Optional[Path] = typer.Option(None, "--data", help="Shared test data folder (msd_hippocampus for the accuracy run) [default: $MEDSEG_TEST_DATA or ../shared/data]."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run every stage tiny and on the CPU: checks the bench itself (the tests use this)."),
     minutes: float = typer.Option(5.0, "--minutes", help="GPU training budget of the accuracy run on msd_hippocampus."),
-    skip: list[str] = typer.Option([], "--skip", help="Stages to leave out: tests, resume, ddp, accuracy, throughput, inference (repeatable)."),
+    skip: list[str] = typer.Option([], "--skip", help="Stages to leave out: tests, resume, resume_compiled, ddp, accuracy, throughput, inference (repeatable)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep every stage's data, caches and run folders here (default: a temporary folder, removed)."),
     step_options: bool = typer.Option(False, "--step-options", help="Also time each training-step option alone against the defaults: fp32, channels_last_3d, foreach optimizer, eager (about 1.5 minutes more)."),
 ) -> None:
@@ -108,7 +132,7 @@ def bench_gpu_command(
     5-minute accuracy on MSD Hippocampus, and inference of a 512x512x300 CT.
 
     Stages: the `gpu` test marker; a short CUDA training killed with SIGKILL and resumed (weights
-    must equal an uninterrupted run's); a world-size-1 NCCL DDP run; fold-0 validation Dice after
+    must equal an uninterrupted run's), eager and with torch.compile on (the CUDA default); a world-size-1 NCCL DDP run; fold-0 validation Dice after
     `--minutes` of training on folds 1-4 (started first, in the background, beside those three);
     then, on an idle GPU, iterations/s, GPU utilisation and loader-wait share for the hippocampus
     plan and a CT-like 128^3 plan, and seconds per CT, cold and warm, per stage, TTA off and on.

@@ -58,6 +58,9 @@ def evaluate(
                                "(dilation 3, lesions > 50 mm^3, 374 mm penalty; see --set evaluate.brats_*); per-lesion table in brats_lesions.csv."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML or run folder; its evaluate: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+    uncertainty: Optional[Path] = typer.Option(None, "--uncertainty", help="Folder of `medseg infer --save-uncertainty` maps (usually the "
+                                               "--pred folder): also write OUT/uncertainty.json, the AUROC of entropy (and mutual "
+                                               "information) for ranking wrong voxels, per case and pooled."),
 ) -> None:
     """Dice, IoU, HD95, ASSD, NSD, volumes and lesion detection of predictions against references.
 
@@ -69,6 +72,8 @@ def evaluate(
       medseg evaluate -p pred.nii.gz -g seg.nii.gz -l label_map.json --label-task total -o eval/
       medseg evaluate -p preds/ -g gts/ --lesion-labels tumor --tolerance 2 --tolerance liver=3 -o eval/
       medseg evaluate -p preds/ -g data/brats/labelsTr -l data/brats/dataset.json --brats -o eval/   (BraTS regions)
+      medseg evaluate -p preds/ -g labelsTs/ --uncertainty preds/ -o eval/   (does entropy flag the wrong voxels?)
+      medseg evaluate -p preds/ -g labelsTs/ --lesion-labels tumor -o eval/   (preds from `medseg infer --instances`: + FROC, AP, froc.png)
     """
     from medseg.config.loader import save_resolved
     from medseg.metrics.evaluate import evaluate as run_evaluation
@@ -77,7 +82,31 @@ def evaluate(
     result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, settings.evaluate, label_task)
     save_resolved(settings, out / "config.yaml")  # `medseg report` starts from these settings
     _print_summary(result.summary)
-    console.print(f"wrote {', '.join(str(path) for path in result.files)}")
+    _print_detection(result.summary.get("lesion_detection"))
+    files = [str(path) for path in result.files]
+    if uncertainty is not None:
+        files.append(str(_uncertainty_auroc(pred, gt, uncertainty, out, result.summary.get("ignore_label"))))
+    console.print(f"wrote {', '.join(files)}")
+
+
+def _uncertainty_auroc(pred: Path, gt: Path, maps: Path, out: Path, ignore_label: int | None) -> Path:
+    from medseg.io.atomic import write_json
+    from medseg.metrics.uncertainty import evaluate_uncertainty
+
+    scores = evaluate_uncertainty(pred, gt, maps, ignore_label=ignore_label)
+    for kind in ("entropy", "mutual_information"):
+        if kind in scores:
+            pooled = {region: entry["pooled_auroc"] for region, entry in scores[kind].items()}
+            console.print(f"{kind} AUROC for wrong voxels: " + ", ".join(f"{region} {_format(value)}" for region, value in pooled.items()))
+    return write_json(out / "uncertainty.json", scores)
+
+
+def _print_detection(detection: dict | None) -> None:
+    """One line per lesion label: AP, CPM and the sensitivity at each reported FP rate (FROC of `medseg infer --instances`)."""
+    for label, entry in (detection or {}).get("labels", {}).items():
+        at = ", ".join(f"{rate}: {_format(value)}" for rate, value in entry["sensitivity_at_fp_per_case"].items())
+        console.print(f"{label} detection ({', '.join(detection['confidence_source'])} confidence): AP {_format(entry['average_precision'])}, "
+                      f"CPM {_format(entry['cpm'])}; sensitivity at FPs/case {at}")
 
 
 def _format(value, digits: int = 3) -> str:

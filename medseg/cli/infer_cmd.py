@@ -41,9 +41,21 @@ def infer(
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, or onnxruntime for a model exported with `medseg export onnx` "
                                           "(needs pip install medseg[onnx]) [default: auto, by what MODEL is]."),
     save_probabilities: Optional[bool] = typer.Option(None, "--save-probabilities", help="Also write float16 class probabilities on the input grid: OUT/<case>_probabilities.npz."),
+    instances: Optional[bool] = typer.Option(None, "--instances/--no-instances", help="Also write the lesions as instances: OUT/<case>_instances.nii.gz "
+                                             "(uint16 ids on the input grid, 1 = most confident) and OUT/<case>_lesions.json (per lesion: label, volume, "
+                                             "bbox in voxels and RAS mm, centroid, confidence). Default: on for models with a lesion-centre head "
+                                             "(model lesion_instances: confidence = the head's peak); other models score lesions by their mean "
+                                             "label probability."),
+    save_uncertainty: Optional[bool] = typer.Option(None, "--save-uncertainty", help="Also write voxel-wise predictive entropy on the input grid: "
+                                                    "OUT/<case>_entropy.nii.gz (float32, nats / ln(K), 0 = certain .. 1 = uniform), with --tta or a "
+                                                    "fold ensemble also OUT/<case>_mutual_information.nii.gz (their disagreement, BALD, same units); "
+                                                    "the sidecar gets mean entropy per structure and at its boundary."),
     compile_mode: Optional[str] = typer.Option(None, "--compile", help="torch.compile the network: auto (default: on CPU when the "
                                                "run holds >= 80 windows of 96^3, where the ~18 s compile pays back), on or off."),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID (or 0-based index) to use from a DICOM folder holding several series."),
+    missing_modality: Optional[list[str]] = typer.Option(None, "--missing-modality", help="An input channel the cases lack on purpose (the "
+                                                         "model's channel name, e.g. T1c, or 0-based index; repeatable): read without it and "
+                                                         "filled as missing. Without it a missing channel file is an error."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Any medseg config YAML (or a run folder); its infer: section applies."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: infer only the K-th of N disjoint shards of the cases (stable hash of the "
@@ -63,19 +75,23 @@ def infer(
       medseg infer runs/liver ct.nii.gz -o masks/
       medseg infer runs/liver dicom/series_folder -o masks/ --per-class
       medseg infer runs/liver_5folds 'scans/*.nii.gz' -o masks/ --tta
+      medseg infer runs/liver_5folds ct.nii.gz -o masks/ --save-uncertainty   (entropy + fold disagreement maps)
+      medseg infer runs/liver_instances ct.nii.gz -o masks/ --instances   (lesions as instances with confidences)
       medseg infer runs/liver/checkpoint_best.pt scans/ -o masks/
         --set infer.postprocess.liver.largest_component=true
       medseg infer runs/liver archive/ -o masks/ --shard 3/8 --skip-existing   (SLURM array task 3 of 8)
       medseg infer runs/liver dicom/series_folder -o masks/ --dicom-seg        (PACS-ready DICOM-SEG too)
       medseg infer liver.onnx ct.nii.gz -o masks/                              (ONNX Runtime, no PyTorch network)
       medseg infer runs/brats brats_cases/BraTS2021_00000 -o masks/   (a case folder as imported: channels by pattern, mask applied)
+      medseg infer runs/brats brats_cases/BraTS2021_00000 -o masks/ --missing-modality T1ce   (without T1ce, on purpose)
     """
     from medseg.config.loader import load_config, save_resolved
     from medseg.infer.model import load_for_backend
     from medseg.runtime import available_cores
 
     flags = _flag_overrides(tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device,
-                            per_class=per_class, save_probabilities=save_probabilities, compile=compile_mode, dicom_seg=dicom_seg, backend=backend)
+                            per_class=per_class, save_probabilities=save_probabilities, save_uncertainty=save_uncertainty, instances=instances,
+                            compile=compile_mode, dicom_seg=dicom_seg, backend=backend, missing_channels=missing_modality)
     chosen = load_config(config_file, list(overrides) + flags).infer
     # The model is checked before the inference machinery (MONAI, ~3 s) is imported: a bad checkpoint fails fast.
     loaded = load_for_backend(model, chosen.backend, chosen.threads or available_cores())
@@ -109,7 +125,7 @@ def _print_summary(outputs: dict[str, list[Path]], out: Path) -> None:
     table.add_column("structures (mL)")
     table.add_column("seconds")
     for name, files in list(outputs.items())[:50]:
-        sidecar = next((path for path in files if path.suffix == ".json"), None)
+        sidecar = next((path for path in reversed(files) if path.suffix == ".json"), None)  # written last (lesions JSON before it)
         facts = json.loads(sidecar.read_text()) if sidecar else {}
         volumes = ", ".join(f"{label} {entry['volume_ml']:.1f}" + (f" ({entry['lesions']} lesions)" if "lesions" in entry else "")
                             for label, entry in facts.get("labels", {}).items() if entry["voxels"])

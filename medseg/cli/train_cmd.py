@@ -20,7 +20,12 @@ def train(
     configuration: Optional[str] = typer.Option(None, "--configuration", help="3d (the plan's default 3D: 3d_fullres on a GPU, 3d_lowres on "
                                                 "a CPU when the plan has one), 3d_fullres, 3d_lowres or 2d [default: train.configuration = 3d]."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Time budget per fold; the LR schedule follows it and training ends cleanly."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (exact optimizer, RNG and epoch state)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (exact optimizer, RNG and epoch state); "
+                                "wins over --init-from, whose weights that checkpoint already holds."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint (.pt), fold folder or run folder "
+                                             "(best, else last checkpoint; of several folds fold_all, else the lowest). Weights whose name and shape "
+                                             "match load into this dataset's network; new output heads for a new label set. Sets train.init_from. "
+                                             "Freeze the encoder at first with --set train.freeze_encoder_epochs=N."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>/<configuration>]; folds go into fold_<k>."),
 ) -> None:
     """Train a segmentation network with Dice+CE on random patches, validating on the held-out fold.
@@ -35,6 +40,7 @@ def train(
       medseg train configs/synthetic.yaml --fold 0,1,2,3,4     (five folds in turn)
       medseg train brats_dataset --config configs/brats.yaml --fold all
       medseg train runs/config.yaml --resume        (after a crash or kill -9)
+      medseg train data/Task04_Hippocampus --init-from runs/synthetic/3d_lowres/fold_0 --set train.freeze_encoder_epochs=5
     """
     from medseg.config.loader import load_config
     from medseg.train.api import parse_folds
@@ -56,6 +62,8 @@ def train(
         settings.train.max_minutes = max_minutes
     if output:
         settings.run_dir = str(output)
+    if init_from is not None:
+        settings.train.init_from = str(init_from)
     folds = parse_folds(fold) if fold is not None else None  # None: the config's train.fold
     for result in run_training(settings, folds, resume=resume):
         validation = result.last_validation

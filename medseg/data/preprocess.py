@@ -14,7 +14,9 @@ Forward (:func:`preprocess_volume`), in order (nnU-Net's steps, with medseg's ge
 Every step is recorded in a :class:`~medseg.schema.CaseGeometry`, and the inverse reads only that:
 :func:`restore_labels` maps class probabilities on the model grid back to a label map on the raw
 grid slab by slab (never holding the class maps at full resolution), :func:`restore_label_map`
-does the same for a label or instance-id map (nearest: ids are never blended), and
+does the same for a label or instance-id map (nearest: ids are never blended),
+:func:`restore_image_map` for a continuous map such as an uncertainty map (linear, as the
+probabilities), and
 :func:`ras_to_raw` undoes the reorientation. Both use the sampling rules of
 :mod:`medseg.data.resample` (edge-aligned axes, order 0 along a separately resampled axis), so the
 forward and inverse steps cannot drift apart.
@@ -298,6 +300,35 @@ def _slab_source(values: torch.Tensor, slab_axis: int, first: int, last: int, de
     return source.to(device=device, dtype=dtype).contiguous()
 
 
+def _restored_slabs(values: torch.Tensor, geometry: CaseGeometry, device: torch.device, chunk_mb: int):  # noqa: F821
+    """Yield ``(start, stop, low)``: output slices ``start:stop`` along the slab axis of the cropped RAS grid as
+    ``(n, C, *plane)`` float32 on ``device``, linearly interpolated from the model-grid ``values`` ``(C, *resampled)``.
+
+    Along the slab axis first (nearest slice for a separately resampled axis, else linear) while the
+    planes are still at model resolution, then one bilinear upsampling (``align_corners=False``: the
+    edge-aligned positions of :mod:`medseg.data.resample`). The one resampling rule of every
+    continuous map that goes back to the raw grid (class probabilities, uncertainty maps).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    slab_axis, plane, (lower, upper, weight) = _slab_plan(geometry)
+    per_slice = int(values.shape[0]) * int(np.prod(plane)) * BYTES_PER_VALUE_IN_FLIGHT
+    step = max(1, int(chunk_mb * 2**20 // max(per_slice, 1)))
+    lower_t, upper_t, weight_t = (torch.from_numpy(a).to(device) for a in (lower, upper, weight))
+    separate = geometry.separate_axis is not None
+    for start in range(0, len(lower), step):
+        stop = min(start + step, len(lower))
+        first, last = int(lower[start]), int(upper[stop - 1]) + 1
+        source = _slab_source(values, slab_axis, first, last, device, torch.float32)
+        low = source[lower_t[start:stop] - first]  # (index_select is 40x slower on CPU here)
+        if not separate:
+            low = torch.lerp(low, source[upper_t[start:stop] - first], weight_t[start:stop].view(-1, 1, 1, 1))
+        if tuple(low.shape[2:]) != plane:
+            low = F.interpolate(low, size=plane, mode="bilinear", align_corners=False)
+        yield start, stop, low
+
+
 def restore_labels(
     probabilities: torch.Tensor,
     geometry: CaseGeometry,
@@ -323,9 +354,8 @@ def restore_labels(
     if tuple(probabilities.shape[1:]) != tuple(geometry.resampled_shape):
         raise ValueError(f"probabilities {tuple(probabilities.shape)} do not match the preprocessed grid {geometry.resampled_shape}")
     import torch  # only the inverse needs torch; planning and preprocessing stay light
-    import torch.nn.functional as F
 
-    slab_axis, plane, (lower, upper, weight) = _slab_plan(geometry)
+    slab_axis, plane, _ = _slab_plan(geometry)
     device = torch.device(compute_device)
     dtype = label_dtype(max(regions_class_order, default=0) if regions_class_order is not None else classes - 1)
     decode = _slab_decoder(regions_class_order)
@@ -337,19 +367,7 @@ def restore_labels(
         if regions_class_order is None:
             probability_canvas[0] = 1.0  # softmax: background outside the crop; regions: all 0
         probability_view = np.moveaxis(probability_canvas[(slice(None), *geometry.crop_region)], slab_axis + 1, 0)  # (n_out, K, *plane)
-    per_slice = classes * int(np.prod(plane)) * BYTES_PER_VALUE_IN_FLIGHT
-    step = max(1, int(chunk_mb * 2**20 // max(per_slice, 1)))
-    lower_t, upper_t, weight_t = (torch.from_numpy(a).to(device) for a in (lower, upper, weight))
-    separate = geometry.separate_axis is not None
-    for start in range(0, len(lower), step):
-        stop = min(start + step, len(lower))
-        first, last = int(lower[start]), int(upper[stop - 1]) + 1
-        source = _slab_source(probabilities, slab_axis, first, last, device, torch.float32)
-        low = source[lower_t[start:stop] - first]  # (index_select is 40x slower on CPU here)
-        if not separate:
-            low = torch.lerp(low, source[upper_t[start:stop] - first], weight_t[start:stop].view(-1, 1, 1, 1))
-        if tuple(low.shape[2:]) != plane:
-            low = F.interpolate(low, size=plane, mode="bilinear", align_corners=False)
+    for start, stop, low in _restored_slabs(probabilities, geometry, device, chunk_mb):
         labels_view[start:stop] = decode(low).to(torch.uint8 if dtype == np.uint8 else torch.int32).cpu().numpy()
         if probability_view is not None:
             probability_view[start:stop] = low.half().cpu().numpy()
@@ -368,6 +386,28 @@ def _slab_decoder(regions_class_order: Sequence[int] | None):
 
     order = list(regions_class_order)
     return lambda low: regions_to_labels(low, order, dim=1)
+
+
+def restore_image_map(values: torch.Tensor, geometry: CaseGeometry, *, compute_device: torch.device | str = "cpu",  # noqa: F821
+                      chunk_mb: int = 256, outside: float = 0.0) -> np.ndarray:
+    """A continuous (image-role) map ``(*resampled_shape)`` on the model grid -> float32 on the raw grid.
+
+    Linear interpolation, never the label path: exactly the resampling that brings the class
+    probabilities back (:func:`_restored_slabs`; equal to :func:`~medseg.data.resample.resample_3d`
+    of kind ``kind_for_role("image")`` with order 1 in-plane and the nearest slice along a separately
+    resampled axis), so the map lies voxel for voxel on the mask it goes with. ``outside`` fills the
+    voxels outside the crop box. Memory: one float32 raw-grid canvas plus one slab in flight.
+    """
+    if tuple(values.shape) != tuple(geometry.resampled_shape):
+        raise ValueError(f"map {tuple(values.shape)} does not match the preprocessed grid {geometry.resampled_shape}")
+    import torch
+
+    slab_axis = _slab_plan(geometry)[0]
+    canvas = np.full(tuple(geometry.ras_shape), outside, dtype=np.float32)
+    view = np.moveaxis(canvas[geometry.crop_region], slab_axis, 0)  # (n_out, *plane), writes go to canvas
+    for start, stop, low in _restored_slabs(values[None], geometry, torch.device(compute_device), chunk_mb):
+        view[start:stop] = low[:, 0].cpu().numpy()
+    return ras_to_raw(canvas, geometry)
 
 
 def restore_label_map(labels: np.ndarray, geometry: CaseGeometry) -> np.ndarray:

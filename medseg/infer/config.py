@@ -27,6 +27,14 @@ class PostprocessRule(Section):
 
     largest_component: bool = Field(False, description="keep only the largest connected component (organs that are one piece)")
     min_size_mm3: float = Field(0.0, ge=0, description="remove connected components smaller than this volume (mm^3); 0 keeps all")
+    within: list[str | int] = Field(
+        default_factory=list,
+        description="labels (names or indices) that enclose this one, e.g. a liver tumour lies in the liver: a component is removed "
+        "when less than within_fraction of the voxels just outside it (its one-voxel shell) carry one of these labels",
+    )
+    within_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of a component's shell that must be a 'within' label for the component to stay"
+    )
 
 
 class InferConfig(Section):
@@ -67,6 +75,15 @@ class InferConfig(Section):
     lesion_labels: list[str] | None = Field(
         None, description="labels (names or indices) whose connected components are counted as lesions; None = names containing " + ", ".join(LESION_WORDS)
     )
+    instances: bool | None = Field(
+        None, description="also write the lesions as instances: <case>_instances.nii.gz (uint16 instance ids on the input grid: the connected "
+        "components of each lesion label after postprocessing, id 1 = most confident) and <case>_lesions.json (per lesion: label, voxels, "
+        "volume, bounding box in voxels and world mm, centroid, confidence); None = auto: on for models with a lesion-centre head "
+        "(model lesion_instances)")
+    instance_confidence: Literal["auto", "objectness", "probability"] = Field(
+        "auto", description="a lesion's confidence: objectness = the peak lesion-centre probability of the head inside it (models with "
+        "the head); probability = the mean probability of its label inside it (any model); auto = objectness when the model has a "
+        "trained head, else probability. The JSON says which was used")
     per_class: bool = Field(False, description="also write one binary mask per label: <case>/<label>.nii.gz")
     dicom_seg: bool = Field(False, description="for DICOM series inputs, also write the mask as one DICOM-SEG object referencing the series: <case>_seg.dcm")
     dicom_seg_type: Literal["binary", "labelmap"] = Field("binary", description="binary SEG (what every viewer reads) or the compact Label Map SEG")
@@ -75,7 +92,16 @@ class InferConfig(Section):
         "auto = onnxruntime when MODEL is an .onnx file or a folder of them")
     save_probabilities: bool = Field(False, description="also write class probabilities on the input grid as float16 <case>_probabilities.npz")
     compress_probabilities: bool = Field(True, description="zip-compress the probabilities file (smaller, slower to write)")
+    save_uncertainty: bool = Field(
+        False, description="also write voxel-wise predictive entropy of the averaged softmax on the input grid, <case>_entropy.nii.gz "
+        "(float32, nats / ln(K): 0 = certain, 1 = uniform), and with TTA or several folds their disagreement, "
+        "<case>_mutual_information.nii.gz (BALD, same units); the sidecar gets a per-structure summary. Softmax models only; "
+        "costs two float32 maps on the model grid")
     restore_chunk_mb: int = Field(256, ge=8, description="memory for one slab of class probabilities while mapping them back to the input grid")
+    missing_channels: list[str | int] = Field(
+        default_factory=list, description="input channels (modalities) the cases lack on purpose, by the plan's channel name or "
+        "0-based index: read without them and filled as missing (0 after normalisation; dynunet_midfusion leaves them out of its "
+        "modality mean). An unnamed missing channel file stays an error")
     prefetch: bool = Field(True, description="read and preprocess the next case in a background thread while the current one is predicted (holds two cases in memory)")
 
 

@@ -161,7 +161,8 @@ class _Writer:
             log.info("%s: not a DICOM series, so no DICOM-SEG (--dicom-seg needs the source series to reference)", case.name)
         return write_case(prediction.labels, prediction.reference, self.segmenter.model.labels, self.segmenter.sidecar(prediction), paths,
                           per_class=config.per_class, probabilities=prediction.probabilities, compress_probabilities=config.compress_probabilities,
-                          extras=extras, probability_names=self.segmenter.model.probability_names)
+                          extras=extras, probability_names=self.segmenter.model.probability_names, uncertainty=prediction.uncertainty,
+                          instances=self.segmenter.instance_outputs(prediction))
 
     def close(self) -> None:
         for name, future in self.pending:
@@ -233,7 +234,7 @@ def infer(
     started = time.perf_counter()
     out = Path(out)
     segmenter = segmenter or Segmenter(model, config)
-    discovery = discover_cases(source, segmenter.model.in_channels, segmenter.model.plan.case_folder)
+    discovery = discover_cases(source, segmenter.model.in_channels, segmenter.model.plan.case_folder, segmenter.missing_channels)
     single_file = _single_file_output(out)
     if single_file and not discovery.single:
         raise InputError(out, "is a file name, but INPUT holds several cases; give an output folder")

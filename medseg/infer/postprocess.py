@@ -3,7 +3,9 @@
 Rules (from :class:`~medseg.infer.config.PostprocessRule`, keyed by label name or index):
 ``largest_component`` keeps the largest connected component of a label (an organ is one piece,
 so a stray island elsewhere is a false positive); ``min_size_mm3`` removes components smaller
-than that volume (specks below the size that matters clinically). Removed voxels become
+than that volume (specks below the size that matters clinically); ``within`` removes components
+that do not lie in the labels named (a liver tumour is in the liver: a bright vessel next to the
+liver that the network took for a tumour is not). Removed voxels become
 background: the network's second choice is not known any more after the argmax, and background
 is the conservative answer. Connected components reuse :func:`medseg.metrics.lesions.components`
 so `medseg infer` and `medseg evaluate` count lesions the same way.
@@ -23,10 +25,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.errors import ConfigError
 from medseg.infer.config import LESION_WORDS, InferConfig, PostprocessRule
-from medseg.metrics.lesions import components
+from medseg.metrics.lesions import Component, components, structure_for
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,21 @@ def resolve_rules(config: InferConfig, labels: dict[int, str], regions: Sequence
             raise ConfigError(f"{error}; its regions are {', '.join(regions)}" if regions else str(error)) from None
         if index == 0:
             raise ConfigError("infer.postprocess: rules apply to foreground labels, not background")
-        rules[index] = rule
+        within = sorted({resolve_label(name, labels, f"infer.postprocess.{key}.within") for name in rule.within})
+        if index in within:
+            raise ConfigError(f"infer.postprocess.{key}.within: a label cannot enclose itself; name the labels around it")
+        rules[index] = rule.model_copy(update={"within": within})
     return rules
 
 
 def resolve_region_rules(config: InferConfig, regions: Sequence[str]) -> dict[int, PostprocessRule]:
     """Rules keyed by region name -> {region position: rule}."""
     positions = {_key(name): position for position, name in enumerate(regions)}
-    return {positions[_key(key)]: rule for key, rule in config.postprocess.items() if _key(key) in positions}
+    rules = {positions[_key(key)]: rule for key, rule in config.postprocess.items() if _key(key) in positions}
+    nested = [key for key, rule in config.postprocess.items() if _key(key) in positions and rule.within]
+    if nested:
+        raise ConfigError(f"infer.postprocess.{nested[0]}: 'within' applies to labels, not to regions (regions are nested already)")
+    return rules
 
 
 def lesion_label_indices(config: InferConfig, labels: dict[int, str]) -> list[int]:
@@ -87,21 +97,49 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26) -> np.ndarray | None:
-    """The voxels of ``mask`` that ``rule`` removes (None: nothing), as a full-size boolean array."""
-    if not rule.largest_component and rule.min_size_mm3 <= 0:
+def _padded(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by one voxel on every side, inside the array: room for the components' shells."""
+    return tuple(slice(max(part.start - 1, 0), min(part.stop + 1, size)) for part, size in zip(box, shape))
+
+
+def _enclosed(labelled: np.ndarray, kept: list[Component], enclosing: np.ndarray, fraction: float, connectivity: int) -> list[Component]:
+    """The components whose one-voxel shell is at least ``fraction`` enclosing voxels."""
+    structure = structure_for(connectivity)
+    inside = []
+    for component in kept:
+        box = _padded(component.box, labelled.shape)
+        piece = labelled[box] == component.id
+        shell = ndimage.binary_dilation(piece, structure) & ~piece
+        share = float(enclosing[box][shell].mean()) if shell.any() else 1.0  # a component filling the image has no outside
+        if share >= fraction:
+            inside.append(component)
+        else:
+            log.debug("postprocessing: component of %d voxels lies %.0f%% within its enclosing labels; removed", component.voxels, 100 * share)
+    return inside
+
+
+def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26,
+                    enclosing: np.ndarray | None = None) -> np.ndarray | None:  # fmt: skip
+    """The voxels of ``mask`` that ``rule`` removes (None: nothing), as a full-size boolean array.
+
+    ``enclosing`` marks the voxels of the rule's ``within`` labels (full size, like ``mask``).
+    """
+    if not rule.largest_component and rule.min_size_mm3 <= 0 and enclosing is None:
         return None
     box = _bounding_box(mask)
     if box is None:
         return None
+    box = _padded(box, mask.shape)
     region = mask[box]
     min_voxels = max(1, int(np.ceil(rule.min_size_mm3 / voxel_mm3 - 1e-9))) if rule.min_size_mm3 > 0 else 1
     labelled, kept = components(region, connectivity, min_voxels)
+    if enclosing is not None:
+        kept = _enclosed(labelled, kept, enclosing[box], rule.within_fraction, connectivity)
     if rule.largest_component and len(kept) > 1:
         largest = max(kept, key=lambda component: component.voxels)
         keep_mask = labelled == largest.id
     else:
-        keep_mask = labelled > 0
+        keep_mask = labelled > 0 if enclosing is None else np.isin(labelled, [component.id for component in kept])
     removed_box = region & ~keep_mask
     if not removed_box.any():
         return None
@@ -112,7 +150,8 @@ def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, c
 
 def apply_rule(labels: np.ndarray, index: int, rule: PostprocessRule, voxel_mm3: float, connectivity: int = 26) -> int:
     """Apply one label's rule in place; return how many voxels were set to background."""
-    removed = removed_by_rule(labels == index, rule, voxel_mm3, connectivity)
+    enclosing = np.isin(labels, rule.within) if rule.within else None
+    removed = removed_by_rule(labels == index, rule, voxel_mm3, connectivity, enclosing)
     if removed is None:
         return 0
     labels[removed] = 0

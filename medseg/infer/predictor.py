@@ -92,27 +92,51 @@ def mirror_sets(axes: list[int] | None, spatial_dims: int, tta: bool) -> tuple[t
 
 
 def window_function(networks: Sequence[Callable[[torch.Tensor], torch.Tensor]], spec: WindowSpec, runtime: Runtime,
-                    on_call: Callable[[int], None] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``windows (B, C, *patch) -> mean probabilities (B, K, *patch)`` over folds and mirror images."""
+                    on_call: Callable[[int], None] | None = None,
+                    member_entropy: bool = False,
+                    objectness: bool = False) -> Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]:
+    """``windows (B, C, *patch) -> mean probabilities (B, K, *patch)`` over folds and mirror images.
+
+    ``member_entropy``: also return the mean over members (folds x mirror passes) of each member's
+    softmax entropy in nats, ``(B, 1, *patch)``, for the mutual information of the ensemble. The
+    mean probabilities are computed by exactly the same operations either way.
+    ``objectness``: the networks return one more channel, last, an objectness logit
+    (:class:`medseg.models.lesion_instances.ObjectnessChannel`); its sigmoid is averaged over the
+    members like the probabilities and returned right after them, ``(B, 1, *patch)``.
+    """
     passes = len(networks) * len(spec.mirrors)
     activate = (lambda logits: torch.softmax(logits, dim=1)) if spec.activation == "softmax" else torch.sigmoid
 
-    def predict(batch: torch.Tensor) -> torch.Tensor:
+    def predict(batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if runtime.autocast_dtype is None and batch.dtype != torch.float32:
             batch = batch.float()  # fp16 stitching buffers hand out fp16 windows
-        total = None
+        total, entropy, centres = None, None, None
         for network in networks:
             for dims in spec.mirrors:
                 x = torch.flip(batch, dims) if dims else batch
                 with runtime.autocast():
                     logits = network(x)
+                if objectness:
+                    own_centres = torch.sigmoid(logits[:, -1:].float())
+                    own_centres = torch.flip(own_centres, dims) if dims else own_centres
+                    centres = own_centres if centres is None else centres.add_(own_centres)
+                    logits = logits[:, :-1]
                 probabilities = activate(logits.float())
                 if dims:
                     probabilities = torch.flip(probabilities, dims)
+                if member_entropy:  # before the sum below reuses the first member's tensor
+                    own = torch.special.entr(probabilities).sum(1, keepdim=True)
+                    entropy = own if entropy is None else entropy.add_(own)
                 total = probabilities if total is None else total.add_(probabilities)
         if on_call is not None:
             on_call(batch.shape[0])
-        return total.div_(passes) if passes > 1 else total
+        mean = total.div_(passes) if passes > 1 else total
+        extra = []
+        if objectness:
+            extra.append(centres.div_(passes) if passes > 1 else centres)
+        if member_entropy:
+            extra.append(entropy.div_(passes) if passes > 1 else entropy)
+        return (mean, *extra) if extra else mean
 
     return predict
 
@@ -134,6 +158,38 @@ def count_windows(shape: tuple[int, ...], patch: tuple[int, ...], overlap: float
     return math.prod(_scan_count(s, p, overlap) for s, p in zip(shape, patch))
 
 
+def _as_float_tensor(image: np.ndarray | torch.Tensor, target: torch.device) -> torch.Tensor:
+    if isinstance(image, torch.Tensor):
+        tensor = image
+    else:  # cached cases are read-only memory maps: copy those
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) if image.flags.writeable else np.array(image, dtype=np.float32))
+    tensor = tensor.float()
+    return tensor.to(target) if target.type == "cuda" else tensor
+
+
+def _stitch(predict: Callable, image: np.ndarray | torch.Tensor, spec: WindowSpec, runtime: Runtime, target: torch.device,
+            channels: Sequence[int]) -> list[torch.Tensor]:
+    """Sliding-window stitching of ``predict``'s outputs (one tensor, or one per entry of ``channels``), each
+    Gaussian-blended over the windows by MONAI and returned as float32 ``(channels[i], X, Y, Z)``."""
+    tensor = _as_float_tensor(image, target)
+    buffer_dtype = torch.float16 if target.type == "cuda" else torch.float32
+    common = dict(sw_batch_size=spec.sw_batch_size, predictor=predict, overlap=spec.overlap, mode="gaussian",
+                  sw_device=runtime.device, device=target)
+    if spec.spatial_dims == 3:
+        stitched = sliding_window_inference(tensor[None].to(buffer_dtype) if buffer_dtype != torch.float32 else tensor[None], spec.patch_size,
+                                            **common)
+        return [output[0].float() for output in (stitched if isinstance(stitched, (tuple, list)) else (stitched,))]
+    axis = 2 if spec.slice_axis is None else spec.slice_axis
+    slices = torch.movedim(tensor, axis + 1, 0)  # (S, C, a, b)
+    outputs = [torch.empty((slices.shape[0], count, *slices.shape[2:]), dtype=buffer_dtype, device=target) for count in channels]
+    for start in range(0, slices.shape[0], SLICES_PER_CALL_2D):
+        chunk = slices[start : start + SLICES_PER_CALL_2D]
+        stitched = sliding_window_inference(chunk, spec.patch_size, **common)
+        for output, part in zip(outputs, stitched if isinstance(stitched, (tuple, list)) else (stitched,)):
+            output[start : start + chunk.shape[0]] = part
+    return [torch.movedim(output, 0, axis + 1).float() for output in outputs]
+
+
 @torch.inference_mode()
 def predict_probabilities(
     networks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
@@ -148,24 +204,60 @@ def predict_probabilities(
 
     A pure function: every knob is an argument (MONAI's ``sliding_window_inference`` style).
     """
-    predict = window_function(networks, spec, runtime, on_windows)
-    if isinstance(image, torch.Tensor):
-        tensor = image
-    else:  # cached cases are read-only memory maps: copy those
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) if image.flags.writeable else np.array(image, dtype=np.float32))
-    tensor = tensor.float()
-    if target.type == "cuda":
-        tensor = tensor.to(target)
-    buffer_dtype = torch.float16 if target.type == "cuda" else torch.float32
-    common = dict(sw_batch_size=spec.sw_batch_size, predictor=predict, overlap=spec.overlap, mode="gaussian",
-                  sw_device=runtime.device, device=target)
-    if spec.spatial_dims == 3:
-        return sliding_window_inference(tensor[None].to(buffer_dtype) if buffer_dtype != torch.float32 else tensor[None], spec.patch_size,
-                                        **common)[0].float()
-    axis = 2 if spec.slice_axis is None else spec.slice_axis
-    slices = torch.movedim(tensor, axis + 1, 0)  # (S, C, a, b)
-    output = torch.empty((slices.shape[0], num_classes, *slices.shape[2:]), dtype=buffer_dtype, device=target)
-    for start in range(0, slices.shape[0], SLICES_PER_CALL_2D):
-        chunk = slices[start : start + SLICES_PER_CALL_2D]
-        output[start : start + chunk.shape[0]] = sliding_window_inference(chunk, spec.patch_size, **common)
-    return torch.movedim(output, 0, axis + 1).float()
+    return _stitch(window_function(networks, spec, runtime, on_windows), image, spec, runtime, target, [num_classes])[0]
+
+
+@torch.inference_mode()
+def predict_with_member_entropy(
+    networks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    image: np.ndarray | torch.Tensor,
+    spec: WindowSpec,
+    runtime: Runtime,
+    target: torch.device,
+    num_classes: int,
+    on_windows: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_probabilities` plus the expected member entropy ``(X, Y, Z)`` in nats: per window the mean
+    over folds and mirror passes of each one's softmax entropy, stitched with the same Gaussian weights.
+
+    The probabilities are bitwise those of :func:`predict_probabilities`; the extra memory is one
+    1-channel output and its MONAI weight map on ``target``, not one map per member.
+    """
+    predict = window_function(networks, spec, runtime, on_windows, member_entropy=True)
+    probabilities, entropy = _stitch(predict, image, spec, runtime, target, [num_classes, 1])
+    return probabilities, entropy[0]
+
+
+@dataclass
+class StitchedOutputs:
+    """What :func:`predict_outputs` stitched on the model grid: probabilities ``(K, X, Y, Z)``, and when asked
+    for, the mean objectness probability ``(X, Y, Z)`` and the expected member entropy ``(X, Y, Z)`` in nats."""
+
+    probabilities: torch.Tensor
+    objectness: torch.Tensor | None = None
+    expected_entropy: torch.Tensor | None = None
+
+
+@torch.inference_mode()
+def predict_outputs(
+    networks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    image: np.ndarray | torch.Tensor,
+    spec: WindowSpec,
+    runtime: Runtime,
+    target: torch.device,
+    num_classes: int,
+    on_windows: Callable[[int], None] | None = None,
+    *,
+    objectness: bool = False,
+    member_entropy: bool = False,
+) -> StitchedOutputs:
+    """:func:`predict_probabilities` plus any of the 1-channel extras, all from one pass over the windows:
+    ``objectness`` (networks wrapped in :class:`~medseg.models.lesion_instances.ObjectnessChannel`) and
+    ``member_entropy`` (as :func:`predict_with_member_entropy`). The probabilities are those of
+    :func:`predict_probabilities`."""
+    predict = window_function(networks, spec, runtime, on_windows, member_entropy=member_entropy, objectness=objectness)
+    stitched = _stitch(predict, image, spec, runtime, target, [num_classes] + [1] * (int(objectness) + int(member_entropy)))
+    extras = iter(stitched[1:])
+    centres = next(extras)[0] if objectness else None
+    entropy = next(extras)[0] if member_entropy else None
+    return StitchedOutputs(stitched[0], centres, entropy)

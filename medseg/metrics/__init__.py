@@ -8,13 +8,17 @@ from medseg.metrics.config import EvaluateConfig
 from medseg.metrics.evaluate import EvaluationResult, evaluate
 from medseg.metrics.labels import LabelSpec, load_label_specs
 from medseg.metrics.statistics import segmentation_statistics
+from medseg.metrics.uncertainty import ErrorRanking, error_auroc, evaluate_uncertainty
 
 __all__ = [
+    "ErrorRanking",
     "EvaluateConfig",
     "EvaluationResult",
     "LabelSpec",
     "evaluate",
     "evaluate_case",
+    "evaluate_uncertainty",
+    "error_auroc",
     "load_label_specs",
     "segmentation_statistics",
 ]

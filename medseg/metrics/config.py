@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from medseg.config import Section
+from medseg.config import Section, yaml_switch
 
 
 class EvaluateConfig(Section):
@@ -43,6 +43,15 @@ class EvaluateConfig(Section):
         description="Edges (mL) of the size bins for sensitivity by lesion size; 0.5 mL is about a 10 mm sphere (RECIST's measurable-lesion limit).",
     )
     lesionwise_dice: bool = Field(True, description="Also report BraTS-2023-style lesion-wise Dice (missed and false-positive lesions count 0).")
+    detection: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="FROC and average precision of lesion_labels from the confidences of `medseg infer --instances` (<case>_lesions.json and "
+        "<case>_instances.nii.gz beside each prediction): auto = when every prediction has them; on = they must be there.",
+    )
+    froc_fp_rates: list[float] = Field(
+        default_factory=lambda: [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        description="Mean false positives per case at which the FROC sensitivity is reported; their mean is the CPM (LUNA16's 1/8 ... 8).",
+    )
 
     # --- BraTS 2023 lesion-wise scores ----------------------------------------------------
     brats_labels: list[Union[int, str]] = Field(
@@ -63,6 +72,18 @@ class EvaluateConfig(Section):
     on_missing: Literal["error", "skip"] = Field(
         "error", description="A case present in only one of the two folders: 'error' stops, 'skip' evaluates the common cases and reports the rest."
     )
+
+    @field_validator("froc_fp_rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float]) -> list[float]:
+        if not rates or any(rate <= 0 for rate in rates):
+            raise ValueError("FP rates must be a non-empty list of positive numbers")
+        return sorted(rates)
+
+    @field_validator("detection", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        return yaml_switch(value)
 
     @field_validator("lesion_size_bins_ml")
     @classmethod

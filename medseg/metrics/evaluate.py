@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 
 from medseg import __version__
 from medseg.errors import ConfigError, InputError
+from medseg.infer.outputs import SIDE_MAP_SUFFIXES
 from medseg.io.itk import ITK_SUFFIXES
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.readers import read_volume
@@ -30,6 +31,9 @@ from medseg.metrics.aggregate import aggregate_cases, brats_summary, lesion_summ
 from medseg.metrics.brats import BRATS_LESION_COLUMNS, brats_lesionwise, evaluate_brats
 from medseg.metrics.case import CASE_COLUMNS, LESION_COLUMNS, evaluate_case
 from medseg.metrics.config import EvaluateConfig
+from medseg.metrics.detection import DETECTION_COLUMNS
+from medseg.metrics.detection_eval import DetectionCollector, froc_figure
+from medseg.metrics.detection_eval import wanted as detection_wanted
 from medseg.metrics.labels import LabelSource, LabelSpec, inferred_specs, load_ignore_label, load_label_specs, resolve_keys
 from medseg.metrics.outputs import write_csv, write_json
 
@@ -75,6 +79,7 @@ class EvaluationResult:
     out_dir: Path | None = None
     files: list[Path] = field(default_factory=list)
     brats_lesions: list[dict] = field(default_factory=list)
+    detections: list[dict] | None = None  # detections.csv rows when lesion detection (FROC) ran
 
     def values(self, metric: str = "dice", label: str | None = None) -> np.ndarray:
         """One metric over cases (float array, NaN where undefined), for one label or all rows."""
@@ -105,6 +110,8 @@ def _cases_in(folder: Path) -> dict[str, Path]:
         if identifier in found:
             raise InputError(path, f"case id '{identifier}' appears twice in {folder} (also {found[identifier].name})")
         found[identifier] = path
+    for identifier in [i for i in found if any(i.endswith(s) and i[: -len(s)] in found for s in SIDE_MAP_SUFFIXES)]:
+        del found[identifier]  # uncertainty and instance maps of `medseg infer` beside their case's mask are not cases
     if not found:
         raise InputError(folder, f"holds no label files ({', '.join(CASE_SUFFIXES)})")
     return found
@@ -207,8 +214,9 @@ def _without_ignored(pred: Volume, gt: Volume, ignore_label: int | None) -> tupl
     return pred.with_array(np.where(ignored, 0, pred.array).astype(pred.array.dtype)), gt.with_array(np.where(ignored, 0, gt.array).astype(gt.array.dtype))
 
 
-def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool) -> tuple[list[dict], list[dict], list[dict]]:
-    """Case rows, lesion rows and BraTS lesion rows of every pair."""
+def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool,
+                    detection: DetectionCollector | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Case rows, lesion rows and BraTS lesion rows of every pair (and each case's detections into ``detection``)."""
     case_rows: list[dict] = []
     lesion_rows: list[dict] = []
     brats_rows: list[dict] = []
@@ -219,7 +227,10 @@ def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool
         task = bar.add_task("", total=len(pairs))
         for identifier, pred_source, gt_source in pairs:
             bar.update(task, description=identifier)
-            pred_volume, gt_volume = _without_ignored(*_load_pair(pred_source, gt_source), specs.ignore_label)
+            pred_volume, gt_volume = _load_pair(pred_source, gt_source)
+            if detection is not None:
+                detection.add(identifier, pred_source, gt_volume)
+            pred_volume, gt_volume = _without_ignored(pred_volume, gt_volume, specs.ignore_label)
             rows, lesions = evaluate_case(pred_volume, gt_volume, specs.labels, config, identifier, specs.lesions)
             if specs.brats:
                 scores, brats_lesions = evaluate_brats(pred_volume, gt_volume, specs.brats, config, identifier)
@@ -244,7 +255,8 @@ def evaluate(
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate predictions against references; write summary.json, cases.csv, lesions.csv to ``out_dir``
-    (and brats_lesions.csv when labels are scored BraTS lesion-wise).
+    (and brats_lesions.csv when labels are scored BraTS lesion-wise; detections.csv and froc.png when the
+    predictions come with `medseg infer --instances` confidences, see ``evaluate.detection``).
 
     ``labels``: dataset.json / label_map.json (or a folder holding one), a dict, a list of
     indices, or None to evaluate every value present; regions of an nnU-Net dataset.json are
@@ -259,7 +271,8 @@ def evaluate(
     else:
         pairs, missing = pair_cases(Path(pred), Path(gt), config.on_missing)
     started = time.perf_counter()
-    case_rows, lesion_rows, brats_rows = _evaluate_pairs(pairs, specs, config, progress)
+    detection = DetectionCollector(specs.lesions, config, specs.ignore_label) if detection_wanted(config, pairs, specs.lesions) else None
+    case_rows, lesion_rows, brats_rows = _evaluate_pairs(pairs, specs, config, progress, detection)
     label_specs = specs.labels
     if label_specs is None:
         label_specs = inferred_specs(int(value) for row in case_rows for value in row["label_index"].split("+"))
@@ -283,7 +296,9 @@ def evaluate(
         "worst_cases": {"overall": worst_cases_overall(case_rows, config.worst_cases), "by_label": worst_cases(case_rows, config.worst_cases)},
         "seconds": {"total": elapsed, "per_case": elapsed / max(len(pairs), 1)},
     }
-    result = EvaluationResult(case_rows, lesion_rows, summary, brats_lesions=brats_rows)
+    if detection is not None:
+        summary["lesion_detection"] = detection.summary()  # with its "convention"
+    result = EvaluationResult(case_rows, lesion_rows, summary, brats_lesions=brats_rows, detections=detection.rows() if detection else None)
     if out_dir is not None:
         result.out_dir = Path(out_dir)
         result.files = write_outputs(result, result.out_dir)
@@ -324,7 +339,8 @@ def _fill_absent_labels(rows: list[dict], case_ids: list[str], specs: list[Label
 
 
 def write_outputs(result: EvaluationResult, out_dir: Path) -> list[Path]:
-    """summary.json, cases.csv, lesions.csv (and brats_lesions.csv), each written atomically; the summary last."""
+    """summary.json, cases.csv, lesions.csv (and brats_lesions.csv; detections.csv and froc.png with lesion detection),
+    each written atomically; the summary last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [
         write_csv(result.cases, CASE_COLUMNS, out_dir / "cases.csv"),
@@ -332,4 +348,8 @@ def write_outputs(result: EvaluationResult, out_dir: Path) -> list[Path]:
     ]
     if result.summary.get("brats_lesionwise"):
         files.append(write_csv(result.brats_lesions, BRATS_LESION_COLUMNS, out_dir / "brats_lesions.csv"))
+    if result.detections is not None:
+        files.append(write_csv(result.detections, DETECTION_COLUMNS, out_dir / "detections.csv"))
+        figure = froc_figure(result.summary["lesion_detection"], out_dir / "froc.png")
+        files += [figure] if figure is not None else []
     return files + [write_json(result.summary, out_dir / "summary.json")]

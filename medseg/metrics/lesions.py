@@ -108,13 +108,29 @@ def match_lesions(ref_mask: np.ndarray, pred_mask: np.ndarray, config: EvaluateC
     """Match reference lesions to predicted components following the module's rule."""
     ref_labels, ref = components(ref_mask, config.connectivity, config.lesion_min_voxels)
     pred_labels, pred = components(pred_mask, config.connectivity, config.lesion_min_voxels)
-    # True overlap (undilated) between each reference lesion and each predicted component.
+    overlap, hits = lesion_overlaps(ref_labels, ref, pred_labels, config)
+    assign_matches(ref, pred, overlap, hits, config)
+    return LesionMatch(ref_labels, ref, pred_labels, pred, case_scores(ref, pred))
+
+
+def lesion_overlaps(ref_labels: np.ndarray, ref: list[Component], pred_labels: np.ndarray,
+                    config: EvaluateConfig) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+    """``(overlap, hits)``: {(ref id, pred id): voxels} shared undilated, and shared with the reference lesion dilated
+    by the configured margin (the same dict when there is none). Independent of which predictions are kept, so
+    :mod:`medseg.metrics.detection` computes them once and applies :func:`assign_matches` per confidence threshold."""
     overlap = _overlaps(ref_labels, pred_labels)
     hits = overlap if config.lesion_match_dilation_voxels == 0 else _dilated_hits(ref_labels, ref, pred_labels, config)
+    return overlap, hits
+
+
+def assign_matches(ref: list[Component], pred: list[Component], overlap: dict[tuple[int, int], int],
+                   hits: dict[tuple[int, int], int], config: EvaluateConfig) -> None:
+    """The matching rule of the module docstring, on fresh components: sets ``hits``, ``dice`` and ``detected`` of
+    both lists in place. Pairs naming a predicted component not in ``pred`` are left out."""
     pred_by_id = {component.id: component for component in pred}
     hits_of: dict[int, list[int]] = {}
     for (r, p), count in sorted(hits.items()):
-        if count >= config.lesion_min_overlap_voxels:
+        if count >= config.lesion_min_overlap_voxels and p in pred_by_id:
             hits_of.setdefault(r, []).append(p)
     for lesion in ref:
         lesion.hits = hits_of.get(lesion.id, [])
@@ -127,7 +143,6 @@ def match_lesions(ref_mask: np.ndarray, pred_mask: np.ndarray, config: EvaluateC
             for p in lesion.hits:
                 pred_by_id[p].hits.append(lesion.id)
                 pred_by_id[p].detected = True
-    return LesionMatch(ref_labels, ref, pred_labels, pred, case_scores(ref, pred))
 
 
 def case_scores(ref: list[Component], pred: list[Component]) -> dict[str, float]:

@@ -16,7 +16,7 @@ from medseg.config import Section
 class ModelConfig(Section):
     """Network choice and width; see ``medseg.models.available_models()`` for ``name``."""
 
-    name: str = Field("dynunet", description="registered architecture (dynunet, unet, segresnet)")
+    name: str = Field("dynunet", description="registered architecture: dynunet, lesion_instances (dynunet + lesion-centre head), unet, segresnet, fcn, segnet, deeplabv3plus, dynunet_midfusion (one encoder stem per input channel)")
     norm: Literal["instance", "batch"] = Field(
         "instance", description="instance norm (nnU-Net default, batch-size independent) or batch norm"
     )
@@ -49,3 +49,4 @@ class ModelConfig(Section):
     )
     min_feature_size: int = Field(4, ge=1, description="smallest feature-map edge the encoder may pool down to")
     unet_res_units: int = Field(2, ge=0, description="unet: residual units per level")
+    fusion_stages: int = Field(2, ge=1, description="dynunet_midfusion: encoder stages each input channel (modality) has on its own before their mean-merge; clipped to stages - 1 (the bottleneck is shared)")

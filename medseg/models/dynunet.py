@@ -16,7 +16,7 @@ from monai.networks.nets import DynUNet
 
 from medseg.errors import ConfigError
 from medseg.models.config import ModelConfig
-from medseg.models.registry import monai_norm, register_model, topology_kwargs
+from medseg.models.registry import deep_supervision_heads, monai_norm, register_model, topology_kwargs
 from medseg.models.topology import resolve_topology
 
 logger = logging.getLogger(__name__)
@@ -38,27 +38,31 @@ class DynUNetDS(DynUNet):
 
 
 def _deep_supr_num(config: ModelConfig, n_stages: int) -> int:
-    """Requested number of extra heads, clipped to the decoder levels between full res and bottleneck."""
-    allowed = n_stages - 2
-    wanted = allowed if config.deep_supr_num is None else config.deep_supr_num
-    if wanted > allowed:
-        logger.info("deep_supr_num %d clipped to %d for a %d-stage network", wanted, allowed, n_stages)
-    return min(wanted, allowed)
+    """Requested number of extra heads, clipped to the decoder levels between full res and bottleneck (ignores
+    ``deep_supervision``: the caller turns the heads off)."""
+    return deep_supervision_heads(config.model_copy(update={"deep_supervision": True}), n_stages - 2, f"a {n_stages}-stage network")
 
 
-@register_model("dynunet", deep_supervision=True)
+@register_model("dynunet", deep_supervision=True, encoder=("input_block", "downsamples", "bottleneck"))
 def build_dynunet(
     config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
 ) -> DynUNetDS:
     """nnU-Net's self-configuring U-Net: per-stage kernels/strides from spacing and patch, deep supervision."""
+    return DynUNetDS(**dynunet_arguments(config, in_channels, out_channels, plan_configuration))
+
+
+def dynunet_arguments(
+    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None, name: str = "dynunet"
+) -> dict[str, Any]:
+    """The ``DynUNet`` constructor arguments of the plan's topology (shared with entries built on dynunet)."""
     topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     if topology.n_stages < 3:
         raise ConfigError(
-            f"dynunet needs at least 3 stages (2 downsamplings); the plan gives strides {topology.strides} "
+            f"{name} needs at least 3 stages (2 downsamplings); the plan gives strides {topology.strides} "
             f"- use a larger patch_size or smaller model.min_feature_size"
         )
     deep_supr_num = _deep_supr_num(config, topology.n_stages)
-    return DynUNetDS(
+    return dict(
         spatial_dims=topology.spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,

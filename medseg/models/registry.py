@@ -13,6 +13,11 @@ Adding an architecture: put ``@register_model("name")`` on a documented builder
 ``build(config, in_channels, out_channels, plan_configuration) -> nn.Module`` in
 ``medseg/models/<name>.py`` and list that module in ``_BUILTIN_MODULES``; the contract test in
 tests/models/test_contract.py then covers it automatically.
+
+The *encoder* (what ``train.freeze_encoder_epochs`` freezes) is the modules named by the entry's
+``encoder`` (e.g. dynunet's ``input_block``, ``downsamples`` and ``bottleneck``); an entry that names
+none gets :func:`medseg.models.encoder.encoder_parameters`' general rule instead: every parameter
+registered before the first upsampling module (transposed convolution or upsample layer).
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ logger = logging.getLogger(__name__)
 Builder = Callable[[ModelConfig, int, int, "dict[str, Any] | None"], nn.Module]
 
 #: Modules whose import registers the built-in entries; loaded on first use of the registry.
-_BUILTIN_MODULES = ("medseg.models.dynunet", "medseg.models.unet", "medseg.models.segresnet")
+_BUILTIN_MODULES = (
+    "medseg.models.dynunet",
+    "medseg.models.lesion_instances",
+    "medseg.models.midfusion",
+    "medseg.models.unet",
+    "medseg.models.segresnet",
+    "medseg.models.fcn",
+    "medseg.models.segnet",
+    "medseg.models.deeplab",
+)
 
 
 @dataclass(frozen=True)
@@ -41,18 +55,20 @@ class ModelEntry:
     builder: Builder
     summary: str
     deep_supervision: bool
+    encoder: tuple[str, ...] = ()  # top-level module names that form the encoder; () = the general rule
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _builtins_loaded = False
 
 
-def register_model(name: str, *, deep_supervision: bool = False) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, deep_supervision: bool = False, encoder: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
     """Decorator: ``@register_model("dynunet", deep_supervision=True)`` over ``build(config, in, out, plan)``.
 
     The builder's docstring first line is the entry's one-line summary (required, so the list of
     models documents itself). ``deep_supervision`` says whether the network can return the
-    multi-resolution list described in the module docstring.
+    multi-resolution list described in the module docstring. ``encoder`` names the modules (dotted
+    names as in ``named_modules()``) that form the encoder; leave it empty for the general rule.
     """
 
     def decorator(builder: Builder) -> Builder:
@@ -62,7 +78,7 @@ def register_model(name: str, *, deep_supervision: bool = False) -> Callable[[Bu
         existing = _REGISTRY.get(name)
         if existing is not None and existing.builder is not builder:
             raise ValueError(f"model '{name}' is already registered by {existing.builder.__module__}")
-        _REGISTRY[name] = ModelEntry(name, builder, doc.splitlines()[0].strip(), deep_supervision)
+        _REGISTRY[name] = ModelEntry(name, builder, doc.splitlines()[0].strip(), deep_supervision, tuple(encoder))
         return builder
 
     return decorator
@@ -124,3 +140,16 @@ def topology_kwargs(config: ModelConfig) -> dict[str, Any]:
 def monai_norm(config: ModelConfig) -> tuple[str, dict[str, Any]]:
     """MONAI norm spec: affine instance norm (nnU-Net) or batch norm."""
     return ("INSTANCE", {"affine": True}) if config.norm == "instance" else ("BATCH", {})
+
+
+def deep_supervision_heads(config: ModelConfig, allowed: int, what: str) -> int:
+    """Extra low-resolution outputs to build: ``model.deep_supr_num`` (None = all ``allowed``) clipped to
+    ``allowed``, 0 without deep supervision. ``what`` names the limit in the log line."""
+    if not config.deep_supervision:
+        return 0
+    allowed = max(allowed, 0)
+    wanted = allowed if config.deep_supr_num is None else config.deep_supr_num
+    if wanted > allowed:
+        logger.info("deep_supr_num %d clipped to %d (%s)", wanted, allowed, what)
+    return min(wanted, allowed)
+

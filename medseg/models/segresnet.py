@@ -16,7 +16,7 @@ from monai.networks.nets import SegResNetDS
 from monai.networks.nets.segresnet_ds import scales_for_resolution
 
 from medseg.models.config import ModelConfig
-from medseg.models.registry import monai_norm, register_model, topology_kwargs
+from medseg.models.registry import deep_supervision_heads, monai_norm, register_model, topology_kwargs
 from medseg.models.topology import resolve_topology
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _divisor(n_stages: int, resolution: list[float] | None, dims: int) -> list[i
     return [math.prod(int(scale[axis]) for scale in scales) for axis in range(dims)]
 
 
-@register_model("segresnet", deep_supervision=True)
+@register_model("segresnet", deep_supervision=True, encoder=("encoder",))
 def build_segresnet(
     config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
 ) -> SegResNetDS:
@@ -48,9 +48,7 @@ def build_segresnet(
         if n_stages < topology.n_stages:
             logger.info("segresnet uses %d stages so that patch %s divides evenly", n_stages, topology.patch_size)
     blocks_down = tuple(_BLOCKS_DOWN[:n_stages]) + (4,) * max(0, n_stages - len(_BLOCKS_DOWN))
-    allowed_heads = max(n_stages - 2, 0)  # extra outputs between full resolution and the bottleneck
-    wanted = allowed_heads if config.deep_supr_num is None else config.deep_supr_num
-    dsdepth = 1 + min(wanted, allowed_heads) if config.deep_supervision else 1
+    dsdepth = 1 + deep_supervision_heads(config, n_stages - 2, f"segresnet with {n_stages} stages")  # heads between full resolution and bottleneck
     return SegResNetDS(
         spatial_dims=topology.spatial_dims,
         init_filters=topology.features[0],

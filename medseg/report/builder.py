@@ -28,6 +28,7 @@ from medseg.report.figures import METRIC_TITLES, metric_figure, size_bin_figure
 from medseg.report.inputs import EvalData, dicom_identifiers, load_evaluation, locate_images, locate_label_maps, model_facts
 from medseg.report.overlays import RADIOLOGICAL_NOTE, Thumbnail, anchor_for, case_thumbnail, region_color
 from medseg.report.tables import MISSING, lesion_list, lesion_rows, number, per_label_tables, worst_per_label
+from medseg.report.uncertainty import ENTROPY_NOTE, entropy_beside
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def _thumbnails(data: EvalData, config: ReportConfig, images, pred, gt, include_
                 continue
             anchor = anchor_for(identifier, taken)
             try:
-                thumb = case_thumbnail(identifier, anchor, *maps[identifier], image_paths.get(identifier), names, config, regions)
+                thumb = case_thumbnail(identifier, anchor, *maps[identifier], image_paths.get(identifier), names, config, regions,
+                                       entropy_path=entropy_beside(maps[identifier][0]))
             except InputError as error:
                 notes.append(f"Case {identifier}: no overlay ({error if include_phi else error.problem}).")
                 bar.advance(task)
@@ -274,6 +276,7 @@ def build_report(
         "thumbnails": thumbnails,
         "overlay_intro": intro,
         "overlay_notes": overlay_notes,
+        "uncertainty_note": ENTROPY_NOTE if any(thumb.get("uncertainty_uri") for thumb in thumbnails) else None,
         "reference_color": config.reference_color,
         "prediction_color": config.prediction_color,
         "radiological": RADIOLOGICAL_NOTE,

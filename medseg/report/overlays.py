@@ -24,6 +24,7 @@ LPS order, a finer resolution) still lines up in world coordinates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class Panel:
     marker_mm: tuple[float, float]  # (x, y) of the slice centre from the panel's top-left corner
     position_mm: float  # world coordinate of the slice along the fixed axis
     regions: tuple[str, ...] = ()  # region mode: ref/pred hold region bit codes (bit i = region i)
+    index: tuple[slice, slice, slice] | None = None  # the voxels shown, in the RAS label array ...
+    affine: np.ndarray | None = None  # ... whose affine this is (to sample other volumes on the same plane)
 
     @property
     def size_mm(self) -> tuple[float, float]:
@@ -101,6 +104,8 @@ class Thumbnail:
     error_labels: tuple[str, str] | None  # (reference label, predicted label) most common in the component
     window: str
     notes: list[str] = field(default_factory=list)
+    uncertainty_uri: str | None = None  # the same three views coloured by predictive entropy, when a map was found
+    uncertainty_caption: str | None = None
 
 
 def evaluated_only(array: np.ndarray, values: list[int]) -> np.ndarray:
@@ -309,7 +314,7 @@ def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int
         col = crop[plane.cols].stop - 1 - centre[plane.cols]
         row = crop[plane.rows].stop - 1 - centre[plane.rows]
         marker = ((col + 0.5) * col_mm, (row + 0.5) * row_mm)
-        panels.append(Panel(plane, grey, ref2d, pred2d, error2d, row_mm, col_mm, marker, float(world[plane.fixed]), region_names))
+        panels.append(Panel(plane, grey, ref2d, pred2d, error2d, row_mm, col_mm, marker, float(world[plane.fixed]), region_names, index, ref.affine))
     return panels, tuple(float(v) for v in world), error_ml, pair, window
 
 
@@ -341,11 +346,26 @@ def layout(sizes_mm: list[tuple[float, float]], height_px: int, width_px: int) -
 
 def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
     """One PNG (data URI) of the three panels at one physical scale, with a legend."""
+
+    def draw(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent) -> None:
+        if panel.regions:
+            _draw_regions(axis, panel, xs, ys, extent, config)
+        else:
+            _draw_labels(axis, panel, xs, ys, extent, config)
+
+    return png_data_uri(panel_figure(panels, config, _legend(panels[0].regions, config), draw), config.palette_colors)
+
+
+PanelPainter = Callable[..., None]  # (axis, panel, xs, ys, extent): draws over the grey image
+
+
+def panel_figure(panels: list[Panel], config: ReportConfig, handles: list, draw: PanelPainter, footer_px: float = 0.0) -> Figure:
+    """The three panels at one physical scale over their grey images, ``draw`` painting each, a legend of
+    ``handles`` below, and ``footer_px`` of free space under it (for a colour bar)."""
     boxes, canvas_w, canvas_h = layout([panel.size_mm for panel in panels], config.panel_height_px, config.max_width_px)
-    handles = _legend(panels[0].regions, config)
     columns = min(len(handles), 4)
     legend_h, dpi = 8.0 + 18.0 * -(-len(handles) // columns), 100
-    fig_w, fig_h = max(canvas_w, 420.0), canvas_h + legend_h
+    fig_w, fig_h = max(canvas_w, 420.0), canvas_h + legend_h + footer_px
     fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi, facecolor="white")
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
     for panel, (x, y, width, height) in zip(panels, boxes):
@@ -356,10 +376,7 @@ def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
         axis.imshow(panel.grey, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="bilinear", aspect="auto")
         xs = (np.arange(panel.grey.shape[1]) + 0.5) * panel.col_mm
         ys = (np.arange(panel.grey.shape[0]) + 0.5) * panel.row_mm
-        if panel.regions:
-            _draw_regions(axis, panel, xs, ys, extent, config)
-        else:
-            _draw_labels(axis, panel, xs, ys, extent, config)
+        draw(axis, panel, xs, ys, extent)
         axis.plot(*panel.marker_mm, marker="+", markersize=10, markeredgewidth=1.3, color="white")
         axis.set_xlim(0, extent_w)
         axis.set_ylim(extent_h, 0)
@@ -372,8 +389,9 @@ def draw_panels(panels: list[Panel], config: ReportConfig) -> str:
         axis.text(0.5, 0.015, bottom, ha="center", va="bottom", **style)
         coordinate = "xyz"[panel.plane.fixed]
         fig.text(x / fig_w, 1 - (y - 3) / fig_h, f"{panel.plane.name}, {coordinate} = {panel.position_mm:.1f} mm", fontsize=8, va="bottom", ha="left", color="#333333")
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(4 / fig_w, 0.0), ncol=columns, frameon=False, fontsize=8, handlelength=1.5, columnspacing=1.2)
-    return png_data_uri(fig, config.palette_colors)
+    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(4 / fig_w, footer_px / fig_h), ncol=columns, frameon=False, fontsize=8,
+               handlelength=1.5, columnspacing=1.2)
+    return fig
 
 
 def region_color(index: int, config: ReportConfig) -> str:
@@ -442,8 +460,12 @@ def case_thumbnail(
     names: dict[int, str],
     config: ReportConfig,
     regions: list[tuple[str, list[int]]] = (),  # type: ignore[assignment]
+    entropy_path: Path | None = None,
 ) -> Thumbnail:
-    """Read one case's maps (and image) and render its thumbnail; notes say what could not be shown."""
+    """Read one case's maps (and image) and render its thumbnail; notes say what could not be shown.
+
+    ``entropy_path``: a `medseg infer --save-uncertainty` entropy map on the prediction's grid; the
+    thumbnail then also holds the same three views coloured by it (:mod:`medseg.report.uncertainty`)."""
     pred, ref = read_volume(pred_path, role="label"), read_volume(ref_path, role="label")
     image = read_volume(image_path, role="image", allow_channels=True) if image_path is not None else None
     notes = []
@@ -453,7 +475,15 @@ def case_thumbnail(
     if image is not None and image.array.ndim == 4:
         notes.append(f"the image has {image.channels} channels: the first is shown")
     panels, centre, error_ml, pair, window = case_panels(pred, ref, image, names, config, regions)
-    return Thumbnail(case, anchor, draw_panels(panels, config), centre, error_ml, pair, window, notes)  # type: ignore[arg-type]
+    thumbnail = Thumbnail(case, anchor, draw_panels(panels, config), centre, error_ml, pair, window, notes)  # type: ignore[arg-type]
+    if entropy_path is not None:
+        from medseg.report.uncertainty import uncertainty_figure  # it draws with this module's panels
+
+        figure = uncertainty_figure(panels, entropy_path, pred, config, ref)
+        thumbnail.uncertainty_uri, thumbnail.uncertainty_caption = figure.uri, figure.caption
+        if figure.note:
+            notes.append(figure.note)
+    return thumbnail
 
 
 def anchor_for(case: str, taken: set[str]) -> str:

@@ -41,6 +41,7 @@ td.label { font-weight: 600; white-space: nowrap; }
 .plots img { max-width: 100%; height: auto; }
 figure { margin: 10px 0 22px; break-inside: avoid; page-break-inside: avoid; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figure .views { display: flex; flex-wrap: wrap; gap: 8px; align-items: flex-start; }
 figcaption { font-size: 12.5px; color: var(--muted); max-width: 1150px; }
 figcaption b { color: var(--ink); }
 .case-title { font-size: 14px; font-weight: 600; margin-bottom: 3px; }
@@ -230,11 +231,14 @@ Links jump to the case's overlay{% if not_shown %}; cases without a link are bey
 {% if regions %}One colour per region ({% for region in regions %}<b style="color: {{ region.color }}">{{ region.name }}</b>{% if not loop.last %}, {% endif %}{% endfor %}):
 the prediction is filled (inner regions over outer ones) and the reference outlined in the same colour; the largest disagreement (a voxel where any region differs) is dashed white.
 {% else %}<b style="color: {{ reference_color }}">Reference</b> and <b style="color: {{ prediction_color }}">prediction</b> contours are drawn for every evaluated label.{% endif %} {{ radiological }}</p>
+{% if uncertainty_note %}<p class="explain">{{ uncertainty_note }}</p>{% endif %}
 {% for note in overlay_notes %}<p class="note">{{ note }}</p>{% endfor %}
 {% for thumb in thumbnails %}<figure id="{{ thumb.anchor }}">
 <div class="case-title">{{ thumb.rank }}. {{ thumb.case }}</div>
-<img src="{{ thumb.image_uri }}" alt="overlay of case {{ thumb.case }}">
-<figcaption>{{ thumb.caption }}{% for note in thumb.notes %} <i>{{ note }}.</i>{% endfor %}</figcaption>
+{% if thumb.uncertainty_uri %}<div class="views"><img src="{{ thumb.image_uri }}" alt="overlay of case {{ thumb.case }}">
+<img src="{{ thumb.uncertainty_uri }}" alt="predictive entropy of case {{ thumb.case }}"></div>
+{% else %}<img src="{{ thumb.image_uri }}" alt="overlay of case {{ thumb.case }}">
+{% endif %}<figcaption>{{ thumb.caption }}{% if thumb.uncertainty_caption %} {{ thumb.uncertainty_caption }}{% endif %}{% for note in thumb.notes %} <i>{{ note }}.</i>{% endfor %}</figcaption>
 </figure>
 {% endfor %}
 </section>

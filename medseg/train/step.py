@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ class TrainStep:
     grad_clip: float | None = None
     channels_last: bool = False
     eager_model: nn.Module | None = None  # set when ``model`` is compiled (one process): what runs if compiling fails
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"objectness": True}: the head's output for the loss
     _pending: list[torch.Tensor] = field(default_factory=list)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,9 +70,8 @@ class TrainStep:
         image, label = self.to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self.runtime.autocast():
-            output = self.model(image)
-        output = [o.float() for o in output] if isinstance(output, (list, tuple)) else output.float()
-        loss = self.loss(output, label)
+            output = self.model(image, **self.forward_kwargs)
+        loss = self.loss(as_float(output), label)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -91,6 +92,15 @@ class TrainStep:
         if bad:
             raise FloatingPointError(f"training loss became {bad[0]} by iteration {iteration}; lower train.lr or disable AMP (train.amp=off)")
         return values
+
+
+def as_float(output: Any) -> Any:
+    """A model output in float32: a tensor, a list of them (deep supervision) or a NamedTuple of those (InstanceOutput)."""
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    if hasattr(output, "_fields"):
+        return type(output)(*(as_float(item) for item in output))
+    return [as_float(item) for item in output]
 
 
 def make_optimizer(network: nn.Module, name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float, fused: bool) -> torch.optim.Optimizer:

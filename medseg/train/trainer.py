@@ -9,11 +9,14 @@ annealed LR. The resume checkpoint is written by time (``checkpoint_minutes``) a
 ``resume=True`` restores it exactly (weights, optimiser, grad scaler, counters, every rank's RNG
 state, history), so a run killed with SIGKILL continues from its last checkpoint as if it had not
 stopped. Everything runs inside :func:`medseg.runtime.runtime_scope`, so training leaves no global
-torch state (threads, cudnn, RNG) behind.
+torch state (threads, cudnn, RNG) behind. ``train.init_from`` starts the network from another run's weights
+(:mod:`medseg.train.init_from`; ``resume`` wins over it) and ``train.freeze_encoder_epochs`` keeps the
+encoder fixed for the first epochs (:mod:`medseg.train.freeze`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -34,11 +37,13 @@ from medseg.infer.predictor import WindowSpec, default_sw_batch_size
 from medseg.io.atomic import write_json
 from medseg.losses import build_loss
 from medseg.models.registry import build_model
-from medseg.runtime import Runtime, available_cores, resolve_device, resolve_runtime, runtime_scope
+from medseg.runtime import Runtime, available_cores, resolve_amp, resolve_device, resolve_runtime, runtime_scope
 from medseg.schema.checkpoint import CheckpointPayload, ModelSpec, TrainingState, ValidationScores
 from medseg.train import distributed
 from medseg.train.checkpoint import capture_rng_state, inference_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.train.environment import environment_report
+from medseg.train.freeze import EncoderFreeze, prime_momentum
+from medseg.train.init_from import TransferReport, initialise_from, read_report, resolve_init_checkpoint, write_report
 from medseg.train.loader import PatchSampling, PatchStream, default_workers, make_loader
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
@@ -106,8 +111,19 @@ class Trainer:
         self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=self.plan.num_outputs, configuration=self.configuration)
         self.counters = Counters()
         self.step: TrainStep | None = None
+        self.transfer: TransferReport | None = None
+        self.freeze: EncoderFreeze | None = None
         if resume and not (self.run_dir / LAST).is_file():
             raise InputError(self.run_dir / LAST, "cannot resume: no last checkpoint in this run folder")
+        self.init_source: tuple[Path, str] | None = None
+        if train.init_from and resume:
+            log.info("resuming %s: its checkpoint already holds the fine-tuned weights, so train.init_from (%s) is not loaded again",
+                     self.run_dir, train.init_from)
+        elif train.init_from:
+            self.init_source = resolve_init_checkpoint(train.init_from)  # a missing source fails here, before any training
+        if train.freeze_encoder_epochs and not train.init_from:
+            log.warning("train.freeze_encoder_epochs=%d without train.init_from freezes a randomly initialised encoder",
+                        train.freeze_encoder_epochs)
 
     # --- parts -----------------------------------------------------------------------------
     def _build(self) -> TrainStep:
@@ -119,16 +135,41 @@ class Trainer:
             network = network.to(memory_format=torch.channels_last_3d)
         fused = train.fused_optimizer == "on" or (train.fused_optimizer == "auto" and self.runtime.cuda)
         optimizer = make_optimizer(network, train.optimizer, train.lr, train.momentum, train.nesterov, train.weight_decay, fused)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.needs_grad_scaler)
+        objectness = self._objectness_values(network)
+        loss = build_loss(self.config.loss, self.regions, self.plan.preprocessing.ignore_label, objectness_values=objectness)
+        model, eager = self._wrap(network)
+        return TrainStep(model, network, loss.to(self.runtime.device), optimizer, scaler, self.runtime, train.grad_clip, channels_last,
+                         eager_model=eager, forward_kwargs={"objectness": True} if objectness else {})
+
+    def _objectness_values(self, network: torch.nn.Module) -> tuple[int, ...] | None:
+        """For a network with a lesion-centre head (model lesion_instances): the label values its targets are made from."""
+        from medseg.losses.objectness import objectness_label_values
+        from medseg.models.lesion_instances import has_objectness
+
+        if not has_objectness(network):
+            return None
+        settings = self.config.loss.objectness
+        values = objectness_label_values(settings, self.config.infer.lesion_labels, self.labels)
+        if settings.weight == 0:
+            log.warning("loss.objectness.weight is 0: the lesion-centre head learns only through the segmentation output")
+        log.info("objectness term on the lesions of %s (weight %g)", ", ".join(self.labels[v] for v in values), settings.weight)
+        return values
+
+    def _wrap(self, network: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """What runs forward (DDP and/or compiled) and, when compiled in one process, its eager fallback.
+
+        compile(DDP(network)), as PyTorch recommends. The eager fallback is for one process only: under DDP a compile
+        failure on one rank would leave the others' collectives waiting, so there it is an error. DDP registers the
+        parameters that require a gradient when it is built, and a compiled graph keeps the requires_grad it was
+        traced with, so freezing or unfreezing the encoder wraps (and compiles) again.
+        """
+        train = self.config.train
         model = network
         if self.dist.enabled:
             model = DistributedDataParallel(network, device_ids=[self.runtime.device.index] if self.runtime.cuda else None)
-        # compile(DDP(network)), as PyTorch recommends. The eager fallback is for one process only: under DDP a compile
-        # failure on one rank would leave the others' collectives waiting, so there it is an error.
         compiled = train.compile == "on" or (train.compile == "auto" and self.runtime.cuda)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.needs_grad_scaler)
-        loss = build_loss(self.config.loss, self.regions, self.plan.preprocessing.ignore_label)
-        return TrainStep(torch.compile(model) if compiled else model, network, loss.to(self.runtime.device), optimizer, scaler,
-                         self.runtime, train.grad_clip, channels_last, eager_model=model if compiled and not self.dist.enabled else None)
+        return (torch.compile(model) if compiled else model), (model if compiled and not self.dist.enabled else None)
 
     def sampling(self, augment: bool = True) -> PatchSampling:
         augment_config = self.config.augment if augment else self.config.augment.model_copy(update={"enabled": False})
@@ -213,11 +254,42 @@ class Trainer:
             restore_rng_state(rng)
         log.info("resumed %s at epoch %d (iteration %d, %.1f min trained)", self.run_dir, payload.epoch, state.iteration, state.elapsed_s / 60)
 
+    # --- fine-tuning -----------------------------------------------------------------------
+    def _init_from(self) -> None:
+        """Every rank loads the same weights (so DDP replicas agree); rank 0 reports."""
+        assert self.step is not None and self.init_source is not None
+        path, chosen = self.init_source
+        self.transfer = initialise_from(self.step.network, self.config.train.init_from, path, chosen, self.config.model,
+                                        self.model_spec, self.plan)
+        if self.dist.is_main:
+            self.transfer.log()
+
+    def _apply_freeze(self) -> None:
+        """Before each epoch: the encoder is frozen while fewer than train.freeze_encoder_epochs epochs are done."""
+        step, epochs = self.step, self.config.train.freeze_encoder_epochs
+        assert step is not None
+        if not epochs:
+            return
+        if self.freeze is None:
+            self.freeze = EncoderFreeze.build(step.network, self.config.model.name, epochs)
+        if not self.freeze.update(self.counters.epoch):
+            return
+        if not self.freeze.frozen:
+            prime_momentum(step.optimizer, self.freeze.parameters)
+        compiled = hasattr(step.model, "_orig_mod")  # not after a compile failure fell back to eager
+        if compiled:
+            torch.compiler.reset()  # the compiled graph does not see requires_grad change: compile again
+        if compiled or self.dist.enabled:
+            step.model = step.eager_model = None  # the old DDP reducer goes before the new one registers its hooks
+            step.model, step.eager_model = self._wrap(step.network)
+
     # --- loop ------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         with self.session:
             if self.resume:
                 self._restore()
+            elif self.init_source is not None:
+                self._init_from()
             try:
                 return self._fit()
             finally:
@@ -229,12 +301,17 @@ class Trainer:
         assert self.step is not None
         order = self.plan.regions_class_order or []
         to_labels = (lambda probabilities: regions_to_labels(probabilities, order)) if self.regions else None
-        return validate_volumes(self.step.network, cases, self.targets, self.window_spec(), self.runtime, self.plan.num_outputs,
+        # Full volumes are predicted with `medseg infer`'s default precision on this device (fp32 on a CPU, where
+        # training may run in bf16), so that the reported Dice is the one users get.
+        inference = dataclasses.replace(self.runtime, autocast_dtype=resolve_amp("auto", self.runtime.device))
+        return validate_volumes(self.step.network, cases, self.targets, self.window_spec(), inference, self.plan.num_outputs,
                                 kind=self.val_kind, to_labels=to_labels, ignore_label=self.plan.preprocessing.ignore_label)
 
     def _start_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(self.config, self.run_dir / "config.yaml")
+        if not self.resume:
+            write_report(self.run_dir, self.transfer)
         write_json(self.run_dir / "environment.json", environment_report(self.runtime.device) | {"loader_workers": self.workers})
 
     def _fit(self) -> TrainResult:
@@ -252,7 +329,10 @@ class Trainer:
         step.network.train()
         with TrainingProgress(enabled=self.show_progress and main, total=total) as progress:
             while counters.epoch < train.epochs and not stopped_by_time:
+                self._apply_freeze()
                 row, stopped_by_time, lr = self._epoch(loader, budget_s, total, progress)
+                if self.freeze is not None:
+                    row["encoder_frozen"] = int(self.freeze.frozen)
                 last = stopped_by_time or counters.epoch >= train.epochs
                 validation = self._after_epoch(row, last, patch_dice, progress) or validation
                 if main:
@@ -336,4 +416,6 @@ class Trainer:
             "final_validation": None if validation is None else {self.names[k]: v for k, v in validation["dice"].items()},
             "scored": "regions" if self.regions else "classes",
             "final_mean_dice": None if validation is None else validation["mean_dice"],
+            "freeze_encoder_epochs": self.config.train.freeze_encoder_epochs,
+            "init_from": read_report(self.run_dir),  # written when the run started (kept across --resume)
         })

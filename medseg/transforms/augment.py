@@ -1,5 +1,6 @@
 """Training augmentation: spatial (rotation, scaling, mirroring, optional elastic) and intensity
-(noise, blur, brightness, contrast, gamma, low-resolution simulation).
+(noise, blur, brightness, contrast, gamma, low-resolution simulation), then modality dropout
+(:mod:`medseg.transforms.modality`).
 
 Built from MONAI transforms. Rotation and scaling are drawn separately (as nnU-Net does) but
 applied in ONE resampling, which also crops the enlarged sampled patch back to the patch size,
@@ -31,6 +32,7 @@ from monai.transforms import (
 )
 
 from medseg.transforms.config import AugmentConfig
+from medseg.transforms.modality import RandModalityDropoutd
 
 IMAGE, LABEL = "image", "label"
 
@@ -105,6 +107,8 @@ def build_augmentation(config: AugmentConfig, patch_size: tuple[int, ...], aniso
     ]
     axes = config.mirror_axes if config.mirror_axes is not None else list(range(dims))
     transforms += [RandFlipd(keys=[IMAGE, LABEL], prob=config.mirror_prob, spatial_axis=axis) for axis in axes]
+    if config.modality_dropout_prob > 0:  # last: noise or intensity changes would make a dropped channel nonzero again
+        transforms.append(RandModalityDropoutd(config.modality_dropout_prob))
     pipeline = Compose(transforms)
     pipeline.set_random_state(seed=seed)
     return pipeline

@@ -38,6 +38,10 @@ class AugmentConfig(Section):
     lowres_zoom: tuple[float, float] = (0.5, 1.0)
     gamma_prob: float = Field(0.3, ge=0, le=1)
     gamma_range: tuple[float, float] = (0.7, 1.5)
+    modality_dropout_prob: float = Field(
+        0.0, ge=0, le=1, description="per sample, zero a random non-empty strict subset of the image channels (modalities; "
+        "never all), to train for inference with a modality missing (medseg infer --missing-modality); 0 = off"
+    )
 
     def uses_spatial_resampling(self) -> bool:
         return self.enabled and (self.rotation_prob > 0 or self.scale_prob > 0)

@@ -19,7 +19,7 @@ def test_without_cuda_it_stops_with_one_clear_line(tmp_path):
 
 
 def test_unknown_stage_names_list_the_stages(tmp_path):
-    with pytest.raises(MedsegError, match="the stages are tests, resume, ddp"):
+    with pytest.raises(MedsegError, match="the stages are tests, resume, resume_compiled, ddp"):
         bench_gpu(tmp_path / "gpu.json", dry_run=True, skip=["warmup"])
 
 
@@ -36,7 +36,8 @@ def test_dry_run_of_every_stage(tmp_path, shared_data):
     """The whole bench, tiny and on the CPU (about 45 s): what the first GPU session runs, minus the GPU."""
     result = bench_gpu(tmp_path / "gpu.json", data_dir=shared_data, dry_run=True, work_dir=tmp_path / "work", step_options=True)
     stages = result["stages"]
-    assert list(stages) == ["tests", "resume", "ddp", "accuracy", "throughput", "inference"]  # accuracy trained beside the first three
+    assert list(stages) == ["tests", "resume", "resume_compiled", "ddp", "accuracy", "throughput", "inference"]  # accuracy beside the first four
+    assert stages["resume_compiled"]["status"] == "skipped" and "CUDA only" in stages["resume_compiled"]["reason"]
     failed = {name: stage for name, stage in stages.items() if stage["status"] not in ("ok", "skipped")}
     assert not failed, failed
     assert stages["resume"]["max_weight_difference"] == 0.0 and stages["ddp"]["ranks_with_rng_state"] == ["0"]

@@ -56,3 +56,19 @@ def segmenter(trained):
     from medseg.infer import InferConfig, Segmenter
 
     return Segmenter(trained["run"], InferConfig(threads=1))
+
+
+def two_fold_ensemble(run: Path, folds: Path) -> Path:
+    """``folds/fold_0`` = the trained run's best checkpoint, ``fold_1`` = the same network with perturbed weights."""
+    from medseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(run / "checkpoint_best.pt")
+    for fold in (0, 1):
+        (folds / f"fold_{fold}").mkdir(parents=True)
+        if fold == 1:  # a different network: perturbed weights
+            generator = torch.Generator().manual_seed(0)
+            weights = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in payload.model.items()}
+            payload = payload.model_copy(update={"model": weights, "fold": 1})
+        save_checkpoint(folds / f"fold_{fold}" / "checkpoint_best.pt", payload)
+    return folds
+

@@ -14,10 +14,11 @@ from medseg.errors import InputError
 from medseg.infer import InferConfig, InferFailures, infer, load_model
 from medseg.infer.predictor import WindowSpec, mirror_sets, predict_probabilities
 from medseg.runtime import resolve_runtime, runtime_scope
-from medseg.train.checkpoint import load_checkpoint, save_checkpoint
+from medseg.train.checkpoint import load_checkpoint
 from medseg.io import Volume, read_volume, write_volume
 from medseg.io.dicom_write import write_dicom_series
 from medseg.io.geometry import corner_points
+from tests.infer.conftest import two_fold_ensemble
 
 FAST = InferConfig(threads=1, prefetch=True)
 
@@ -183,15 +184,7 @@ def test_outputs_and_sidecar(trained, segmenter, tmp_path):
 
 
 def test_fold_ensemble_averages_softmax(trained, tmp_path):
-    folds = tmp_path / "folds"
-    payload = load_checkpoint(trained["run"] / "checkpoint_best.pt")
-    for fold in (0, 1):
-        (folds / f"fold_{fold}").mkdir(parents=True)
-        if fold == 1:  # a different network: perturbed weights
-            generator = torch.Generator().manual_seed(0)
-            weights = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in payload.model.items()}
-            payload = payload.model_copy(update={"model": weights, "fold": 1})
-        save_checkpoint(folds / f"fold_{fold}" / "checkpoint_best.pt", payload)
+    folds = two_fold_ensemble(trained["run"], tmp_path / "folds")
     ensemble = load_model(folds)
     assert len(ensemble.networks) == 2 and ensemble.folds == [0, 1]
     runtime = resolve_runtime("cpu", "off", 1)

@@ -58,6 +58,38 @@ def test_rules_resolve_names_and_indices():
         resolve_rules(InferConfig(postprocess={"0": {"largest_component": True}}), NAMES)
 
 
+def test_within_removes_tumors_outside_the_liver():
+    labels = _crafted()  # the 8-voxel tumor sits inside the liver block; the speck and the 27-voxel one in background
+    removed = postprocess(labels, {2: PostprocessRule(within=[1])}, np.ones(3))
+    assert removed == {2: 1 + 27}
+    assert (labels == 2).sum() == 8 and labels[4:6, 4:6, 4:6].min() == 2
+
+
+def test_within_fraction_keeps_a_tumor_on_the_liver_edge():
+    labels = np.zeros((12, 12, 12), dtype=np.uint8)
+    labels[2:10, 2:10, 2:6] = 1
+    labels[4:7, 4:7, 5:8] = 2  # pokes out of the liver's top: its shell is 48% liver, 52% background
+    shell = np.zeros(labels.shape, bool)
+    shell[3:8, 3:8, 4:9] = True
+    shell &= labels != 2
+    share = float((labels[shell] == 1).mean())
+    below, above = PostprocessRule(within=[1], within_fraction=share + 0.01), PostprocessRule(within=[1], within_fraction=share - 0.01)
+    kept = labels.copy()
+    assert postprocess(kept, {2: above}, np.ones(3)) == {2: 0}
+    assert postprocess(labels, {2: below}, np.ones(3)) == {2: 27}
+
+
+def test_within_resolves_names_and_refuses_itself_and_regions():
+    rules = resolve_rules(InferConfig(postprocess={"tumor": {"within": ["Liver"], "within_fraction": 0.6}}), NAMES)
+    assert rules[2].within == [1] and rules[2].within_fraction == 0.6
+    with pytest.raises(ConfigError, match="within: unknown label 'kidney'"):
+        resolve_rules(InferConfig(postprocess={"tumor": {"within": ["kidney"]}}), NAMES)
+    with pytest.raises(ConfigError, match="cannot enclose itself"):
+        resolve_rules(InferConfig(postprocess={"tumor": {"within": ["tumor"]}}), NAMES)
+    with pytest.raises(ConfigError, match="applies to labels, not to regions"):
+        resolve_region_rules(InferConfig(postprocess={"whole tumor": {"within": [1]}}), ["whole tumor", "tumor core"])
+
+
 def test_lesion_labels_default_to_tumor_like_names():
     assert lesion_label_indices(InferConfig(), NAMES) == [2]
     assert lesion_label_indices(InferConfig(lesion_labels=["liver"]), NAMES) == [1]

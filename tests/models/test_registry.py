@@ -19,13 +19,13 @@ def test_unknown_model_lists_valid_names():
         build_model(ModelConfig(name="unetr++"), 1, 2, {"patch_size": [16, 16, 16]})
     message = str(error.value)
     assert "unetr++" in message
-    for name in ("dynunet", "unet", "segresnet"):
+    for name in ("dynunet", "unet", "segresnet", "fcn", "segnet", "deeplabv3plus"):
         assert name in message
 
 
 def test_every_entry_has_a_summary():
     models = available_models()
-    assert {"dynunet", "unet", "segresnet"} <= set(models)
+    assert {"dynunet", "unet", "segresnet", "fcn", "segnet", "deeplabv3plus"} <= set(models)
     assert all(summary and len(summary) > 20 for summary in models.values())
 
 

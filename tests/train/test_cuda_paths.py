@@ -97,6 +97,33 @@ def test_amp_resolution():
         resolve_amp("fp8", cpu)
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_training_uses_bf16_only_where_the_cpu_has_amx_and_inference_stays_fp32(monkeypatch, amx):
+    import medseg.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_amp("auto", cpu, training=True) == (torch.bfloat16 if amx else None)
+    assert runtime.resolve_amp("auto", cpu) is None and runtime.resolve_amp("off", cpu, training=True) is None
+    assert runtime.resolve_runtime("cpu", "auto", 1, training=True).autocast_dtype == (torch.bfloat16 if amx else None)
+
+
+def test_validation_predicts_with_inference_precision_while_training_runs_bf16(monkeypatch, tmp_path, tiny_cache):
+    """The reported full-volume Dice must be `medseg infer`'s: fp32 on a CPU even when training steps run in bf16."""
+    import medseg.runtime as runtime
+    import medseg.train.trainer as trainer_module
+    from tests.train.conftest import tiny_config
+
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    seen = []
+    real = trainer_module.validate_volumes
+    monkeypatch.setattr(trainer_module, "validate_volumes", lambda network, cases, targets, spec, used, *a, **k: seen.append(used) or real(network, cases, targets, spec, used, *a, **k))
+    trainer = trainer_module.Trainer(tiny_config("train.epochs=1", "train.iterations_per_epoch=2", "train.amp=auto"), tiny_cache, tmp_path / "run", progress=False)
+    trainer.fit()
+    assert trainer.runtime.autocast_dtype == torch.bfloat16
+    assert seen and all(used.autocast_dtype is None for used in seen)
+
+
 def test_plain_cuda_resolves_to_the_ranks_indexed_gpu(monkeypatch):
     """On the first H200 run `train.device=cuda` reached torch.cuda.set_device without an index and every CUDA
     path crashed ("Expected a torch.device with a specified index"); set_device is checked the way torch checks it."""
