@@ -30,7 +30,13 @@ def _parameters(run_dir: Path) -> int:
 
     checkpoint = run_dir / "checkpoint_best.pt"
     payload = load_checkpoint(checkpoint if checkpoint.is_file() else run_dir / "checkpoint_last.pt")
-    return sum(tensor.numel() for name, tensor in payload.model.items() if tensor.is_floating_point())
+    statistics_buffers = ("running_mean", "running_var", "num_batches_tracked")
+    seen, total = set(), 0
+    for name, tensor in payload.model.items():  # dynunet registers blocks under two names: count each storage once
+        if tensor.is_floating_point() and not name.endswith(statistics_buffers) and tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel()
+    return total
 
 
 def _median_step_s(run_dir: Path) -> float | None:
@@ -45,9 +51,8 @@ def _held_out_images(run_dir: Path, dataset: Path, count: int) -> list[Path]:
 
     payload = load_checkpoint(run_dir / "checkpoint_last.pt")
     images = []
-    for case in payload.val_cases[:count]:
-        found = sorted((dataset / "imagesTr").glob(f"{case}.nii*")) or sorted((dataset / "imagesTr").glob(f"{case}_0000.nii*"))
-        images += found[:1]
+    for case in payload.val_cases[:count]:  # one file, or every channel file <case>_NNNN of a multi-modal case
+        images += sorted((dataset / "imagesTr").glob(f"{case}.nii*")) or sorted((dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9].nii*"))
     return images
 
 
@@ -85,8 +90,16 @@ def train_one(name: str, dataset: Path, config_path: Path | None, minutes: float
     return {"model": name, "dice": dice, "mean_dice": round(statistics.mean(dice.values()), 4) if dice else None,
             "validation": summary.get("validation"), "validation_cases": summary.get("validation_cases"), "parameters": _parameters(result.run_dir), "step_s_median": _median_step_s(result.run_dir),
             "iterations": result.iterations_done, "epochs": result.epochs_done, "train_wall_minutes": round(wall / 60, 2),
-            "infer_s_per_case": _infer_seconds(result.run_dir, _held_out_images(result.run_dir, dataset, infer_cases), work / f"{name}_infer"),
-            "load_average_after": load_average()}
+            **_timed_inference(result.run_dir, dataset, infer_cases, work / f"{name}_infer"), "load_average_after": load_average()}
+
+
+def _timed_inference(run_dir: Path, dataset: Path, cases: int, work: Path) -> dict[str, Any]:
+    """Inference seconds per case, or why there are none: a failure here must not cost the row its training numbers."""
+    try:
+        return {"infer_s_per_case": _infer_seconds(run_dir, _held_out_images(run_dir, dataset, cases), work)}
+    except Exception as error:
+        log.debug("bench architectures: inference of %s failed", run_dir, exc_info=True)
+        return {"infer_s_per_case": None, "infer_error": f"{type(error).__name__}: {str(error)[:200]}"}
 
 
 def render_markdown(result: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from medseg.logging_setup import console, print_table
+from medseg.logging_setup import print_table
 
 SET_HELP = (
     "Override any setting, e.g. --set infer.postprocess.liver.largest_component=true "

@@ -185,7 +185,9 @@ def postprocess(labels: np.ndarray, rules: dict[int, PostprocessRule], spacing: 
     """Apply every rule in place; ``{label: voxels removed}``."""
     voxel_mm3 = float(np.prod(spacing))
     removed = {}
-    for index, rule in sorted(rules.items()):
+    enclosing = {label for rule in rules.values() for label in rule.within}
+    # Labels that enclose others are cleaned first, so 'within' sees the final organ (not a fragment removed later).
+    for index, rule in sorted(rules.items(), key=lambda item: (item[0] not in enclosing, item[0])):
         removed[index] = apply_rule(labels, index, rule, voxel_mm3, connectivity)
         if removed[index]:
             log.debug("postprocessing removed %d voxels of label %d", removed[index], index)

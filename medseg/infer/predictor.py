@@ -207,27 +207,6 @@ def predict_probabilities(
     return _stitch(window_function(networks, spec, runtime, on_windows), image, spec, runtime, target, [num_classes])[0]
 
 
-@torch.inference_mode()
-def predict_with_member_entropy(
-    networks: Sequence[Callable[[torch.Tensor], torch.Tensor]],
-    image: np.ndarray | torch.Tensor,
-    spec: WindowSpec,
-    runtime: Runtime,
-    target: torch.device,
-    num_classes: int,
-    on_windows: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`predict_probabilities` plus the expected member entropy ``(X, Y, Z)`` in nats: per window the mean
-    over folds and mirror passes of each one's softmax entropy, stitched with the same Gaussian weights.
-
-    The probabilities are bitwise those of :func:`predict_probabilities`; the extra memory is one
-    1-channel output and its MONAI weight map on ``target``, not one map per member.
-    """
-    predict = window_function(networks, spec, runtime, on_windows, member_entropy=True)
-    probabilities, entropy = _stitch(predict, image, spec, runtime, target, [num_classes, 1])
-    return probabilities, entropy[0]
-
-
 @dataclass
 class StitchedOutputs:
     """What :func:`predict_outputs` stitched on the model grid: probabilities ``(K, X, Y, Z)``, and when asked
@@ -253,7 +232,7 @@ def predict_outputs(
 ) -> StitchedOutputs:
     """:func:`predict_probabilities` plus any of the 1-channel extras, all from one pass over the windows:
     ``objectness`` (networks wrapped in :class:`~medseg.models.lesion_instances.ObjectnessChannel`) and
-    ``member_entropy`` (as :func:`predict_with_member_entropy`). The probabilities are those of
+    ``member_entropy`` (the mean over folds and mirror passes of each one's softmax entropy, in nats). The probabilities are those of
     :func:`predict_probabilities`."""
     predict = window_function(networks, spec, runtime, on_windows, member_entropy=member_entropy, objectness=objectness)
     stitched = _stitch(predict, image, spec, runtime, target, [num_classes] + [1] * (int(objectness) + int(member_entropy)))

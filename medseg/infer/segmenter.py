@@ -127,9 +127,11 @@ class Segmenter:
         self.rules = resolve_rules(self.config, self.model.labels, self.region_names)
         self.region_rules = resolve_region_rules(self.config, self.region_names)
         self.lesion_labels = lesion_label_indices(self.config, self.model.labels)
+        has_head = all(map(has_objectness, self.model.networks))
+        wants_instances = self.config.instances or (self.config.instances is None and has_head)
         classes = lesion_classes(self.config, self.lesion_labels, self.model.labels, dict(self.model.plan.regions) if self.model.has_regions else None,
-                                 self.model.plan.regions_class_order)
-        self.instances = instance_setup(self.config, classes, all(map(has_objectness, self.model.networks)), self.model.config)
+                                 self.model.plan.regions_class_order) if wants_instances else {}  # its log lines only when instances are made
+        self.instances = instance_setup(self.config, classes, has_head, self.model.config)
         self.missing_channels = resolve_missing_channels(self.config.missing_channels, self.model.plan)  # explicit only
         self.uncertainty = bool(self.config.save_uncertainty) and not self.model.has_regions
         if self.config.save_uncertainty and self.model.has_regions:
@@ -226,7 +228,8 @@ class Segmenter:
         start = time.perf_counter()
         model = self.compute_model(prepared.image.shape[1:])
         shape = list(prepared.image.shape[1:])
-        target = stitch_device(self.config.stitch_device, self.runtime, model.num_classes, tuple(shape), self.config.stitch_gpu_fraction)
+        extra = int(self.centres) + int(self.uncertainty and self.members > 1)  # 1-channel outputs, each with its own weight map
+        target = stitch_device(self.config.stitch_device, self.runtime, model.num_classes + 2 * extra, tuple(shape), self.config.stitch_gpu_fraction)
         probabilities, model_grid, centres = self._stitch(model, prepared.image, target, on_windows)
         prepared.image = np.empty((0,), dtype=np.float32)  # the preprocessed image is no longer needed
         if self.runtime.cuda:

@@ -33,7 +33,7 @@ class TrainConfig(Section):
     min_lr_fraction: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(12.0, gt=0)
     foreground_share: float = Field(1 / 3, ge=0, le=1, description="share of each batch forced to contain foreground")
-    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 on CUDA if supported, else fp16 on CUDA; on a CPU bf16 where it has AMX (a step of the new-user CPU plan: 0.145 s instead of 0.297 s on a 2-core AMX Xeon), else off. Full-volume validation always predicts at medseg infer's precision")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field("auto", description="auto = bf16 on CUDA if supported, else fp16 on CUDA; on a CPU bf16 where it has AMX (a step of the new-user CPU plan: 0.145 s instead of 0.297 s on a 2-core AMX Xeon), else off. Full-volume validation predicts at infer.amp, the precision medseg infer uses for the run")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the training network; auto = on CUDA (1.8x per step on a 128^3 plan on an H200 after ~30 s of "
         "compiling: reports/gpu_benchmark.md), off on CPU (minutes of compiling on a small CPU; time it there with "

@@ -36,8 +36,16 @@ class EncoderFreeze:
     frozen: bool = False
 
     @classmethod
-    def build(cls, network: nn.Module, model_name: str, epochs: int) -> EncoderFreeze:
-        chosen = encoder_parameters(network, model_name)
+    def build(cls, network: nn.Module, model_name: str, epochs: int, fresh: set[str] | frozenset[str] = frozenset()) -> EncoderFreeze:
+        """``fresh``: tensor names that --init-from left freshly initialised (e.g. a first convolution for other input
+        channels); they train from the start, since freezing random weights would only waste the freeze epochs."""
+        named = network.state_dict(keep_vars=True)  # every name, aliases included, so any of a tensor's names matches
+        fresh_ids = {id(tensor) for name, tensor in named.items() if name in fresh}
+        encoder = encoder_parameters(network, model_name)
+        chosen = [(name, parameter) for name, parameter in encoder if id(parameter) not in fresh_ids]
+        if len(chosen) < len(encoder):
+            log.info("%d encoder tensors stay trainable while the encoder is frozen: --init-from left them freshly initialised (%s)",
+                     len(encoder) - len(chosen), ", ".join(name for name, parameter in encoder if id(parameter) in fresh_ids)[:300])
         return cls([name for name, _ in chosen], [parameter for _, parameter in chosen], epochs, encoder_rule(model_name))
 
     @property

@@ -359,6 +359,16 @@ def write_report(run_dir: Path, report: TransferReport | None) -> None:
         path.unlink()
 
 
+def fresh_tensor_names(record: dict[str, Any] | None) -> set[str]:
+    """Names of the tensors a transfer report (``TransferReport.to_record()`` or ``init_from.json``) left freshly
+    initialised: shape mismatches, tensors the checkpoint lacks, and new output heads."""
+    if not record:
+        return set()
+    heads = record.get("output_heads") or {}
+    return ({item["name"] for item in record.get("skipped", [])} | set(record.get("missing", []))
+            | {item["name"] for item in heads.get("tensors", [])})
+
+
 def read_report(run_dir: Path) -> dict[str, Any] | None:
     """The run's transfer report (a resumed fine-tuning run keeps the one written when it started)."""
     path = Path(run_dir) / REPORT_FILE

@@ -17,6 +17,7 @@ encoder fixed for the first epochs (:mod:`medseg.train.freeze`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -43,7 +44,7 @@ from medseg.train import distributed
 from medseg.train.checkpoint import capture_rng_state, inference_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.train.environment import environment_report
 from medseg.train.freeze import EncoderFreeze, prime_momentum
-from medseg.train.init_from import TransferReport, initialise_from, read_report, resolve_init_checkpoint, write_report
+from medseg.train.init_from import TransferReport, fresh_tensor_names, initialise_from, read_report, resolve_init_checkpoint, write_report
 from medseg.train.loader import PatchSampling, PatchStream, default_workers, make_loader
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
@@ -270,12 +271,14 @@ class Trainer:
         assert step is not None
         if not epochs:
             return
-        if self.freeze is None:
-            self.freeze = EncoderFreeze.build(step.network, self.config.model.name, epochs)
-        if not self.freeze.update(self.counters.epoch):
+        if self.freeze is None:  # the report of a resumed run is the one written when it started
+            record = self.transfer.to_record() if self.transfer is not None else read_report(self.run_dir)
+            self.freeze = EncoderFreeze.build(step.network, self.config.model.name, epochs, fresh_tensor_names(record))
+        changed = self.freeze.update(self.counters.epoch)
+        if not self.freeze.frozen:  # also when a resume lands at or after the unfreeze: the restored optimizer holds no
+            prime_momentum(step.optimizer, self.freeze.parameters)  # encoder buffers yet, which fused SGD refuses
+        if not changed:
             return
-        if not self.freeze.frozen:
-            prime_momentum(step.optimizer, self.freeze.parameters)
         compiled = hasattr(step.model, "_orig_mod")  # not after a compile failure fell back to eager
         if compiled:
             torch.compiler.reset()  # the compiled graph does not see requires_grad change: compile again
@@ -301,9 +304,9 @@ class Trainer:
         assert self.step is not None
         order = self.plan.regions_class_order or []
         to_labels = (lambda probabilities: regions_to_labels(probabilities, order)) if self.regions else None
-        # Full volumes are predicted with `medseg infer`'s default precision on this device (fp32 on a CPU, where
-        # training may run in bf16), so that the reported Dice is the one users get.
-        inference = dataclasses.replace(self.runtime, autocast_dtype=resolve_amp("auto", self.runtime.device))
+        # Full volumes are predicted at the precision `medseg infer` will use for this run (its infer.amp, which the run
+        # config carries; fp32 on a CPU by default, where training may run in bf16), so the reported Dice is the users'.
+        inference = dataclasses.replace(self.runtime, autocast_dtype=resolve_amp(self.config.infer.amp, self.runtime.device))
         return validate_volumes(self.step.network, cases, self.targets, self.window_spec(), inference, self.plan.num_outputs,
                                 kind=self.val_kind, to_labels=to_labels, ignore_label=self.plan.preprocessing.ignore_label)
 
@@ -312,7 +315,16 @@ class Trainer:
         save_resolved(self.config, self.run_dir / "config.yaml")
         if not self.resume:
             write_report(self.run_dir, self.transfer)
-        write_json(self.run_dir / "environment.json", environment_report(self.runtime.device) | {"loader_workers": self.workers})
+        precision = self.runtime.describe()["amp"] or "fp32"
+        before = self.run_dir / "environment.json"
+        if self.resume and before.is_file():  # `auto` resolves per machine: a resume elsewhere may change the step's precision
+            earlier = json.loads(before.read_text()).get("training_precision")
+            if earlier and earlier != precision:
+                log.warning("resumed with %s training steps where the run started with %s (train.amp=%s resolves per machine); "
+                            "set train.amp=%s to keep the run exact", precision, earlier, self.config.train.amp,
+                            {"fp32": "off", "bfloat16": "bf16", "float16": "fp16"}.get(earlier, earlier))
+        log.info("training steps in %s on %s", precision, self.runtime.device)
+        write_json(before, environment_report(self.runtime.device) | {"loader_workers": self.workers, "training_precision": precision})
 
     def _fit(self) -> TrainResult:
         train, counters, step = self.config.train, self.counters, self.step

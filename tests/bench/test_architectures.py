@@ -26,6 +26,12 @@ def test_two_architectures_side_by_side(tmp_path):
         assert set(row["dice"]) == {"liver", "tumor"} and all(0.0 <= value <= 1.0 for value in row["dice"].values())
         assert row["iterations"] == 3 and row["parameters"] > 1000 and row["step_s_median"] > 0 and row["infer_s_per_case"] > 0
     assert rows["dynunet"]["parameters"] != rows["fcn"]["parameters"]
+    from medseg.infer import load_model
+
+    for name, row in rows.items():  # dynunet registers its blocks under two names: each weight counts once
+        (fold,) = (tmp_path / "work" / name).rglob("checkpoint_last.pt")
+        network = load_model(fold.parent).networks[0]
+        assert row["parameters"] == sum(parameter.numel() for parameter in network.parameters()), name
     table = out.with_suffix(".md").read_text()
     assert "| dynunet |" in table and "| fcn |" in table and "Dice liver" in table
 

@@ -79,6 +79,16 @@ def test_within_fraction_keeps_a_tumor_on_the_liver_edge():
     assert postprocess(labels, {2: below}, np.ones(3)) == {2: 27}
 
 
+def test_within_sees_the_enclosing_label_after_its_own_cleanup_whatever_the_numbering():
+    labels = np.zeros((20, 20, 10), dtype=np.uint8)
+    labels[2:12, 2:12, 2:8] = 2  # liver (label 2 here), the big piece
+    labels[14:19, 14:19, 2:7] = 2  # a stray liver fragment...
+    labels[16, 16, 4] = 1  # ...with a "tumour" (label 1) inside it
+    rules = {1: PostprocessRule(within=[2]), 2: PostprocessRule(largest_component=True)}
+    removed = postprocess(labels, rules, np.ones(3))
+    assert removed[2] == 5 * 5 * 5 - 1 and removed[1] == 1 and not (labels == 1).any()
+
+
 def test_within_resolves_names_and_refuses_itself_and_regions():
     rules = resolve_rules(InferConfig(postprocess={"tumor": {"within": ["Liver"], "within_fraction": 0.6}}), NAMES)
     assert rules[2].within == [1] and rules[2].within_fraction == 0.6

@@ -187,7 +187,7 @@ def test_cli_infer_then_evaluate_auroc(trained, tmp_path, capsys):
 def test_member_entropy_leaves_the_probabilities_bitwise_unchanged(patch, mirrors):
     """3D and 2D (slice-wise) networks: the extra stitched output changes nothing in the probabilities, and
     the expected member entropy never exceeds the entropy of the mean (concavity)."""
-    from medseg.infer.predictor import WindowSpec, mirror_sets, predict_probabilities, predict_with_member_entropy
+    from medseg.infer.predictor import WindowSpec, mirror_sets, predict_outputs, predict_probabilities
     from medseg.models.config import ModelConfig
     from medseg.models.registry import build_model
     from medseg.runtime import resolve_runtime, runtime_scope
@@ -199,7 +199,8 @@ def test_member_entropy_leaves_the_probabilities_bitwise_unchanged(patch, mirror
     runtime, cpu = resolve_runtime("cpu", "off", 1), torch.device("cpu")
     with runtime_scope(runtime):
         plain = predict_probabilities([network], image, spec, runtime, cpu, 3)
-        probabilities, expected = predict_with_member_entropy([network], image, spec, runtime, cpu, 3)
+        outputs = predict_outputs([network], image, spec, runtime, cpu, 3, member_entropy=True)
+        probabilities, expected = outputs.probabilities, outputs.expected_entropy
     assert torch.equal(plain, probabilities) and expected.shape == image.shape[1:]
     assert len(spec.mirrors) == 2**mirrors
     assert float((torch.special.entr(probabilities).sum(0) - expected).min()) >= -1e-6

@@ -187,3 +187,22 @@ def test_training_compiles_by_default_on_cuda_only():
     assert load_config(None, ["train.compile=true"]).train.compile == "on"
     assert load_config(None, ["train.compile=off"]).train.compile == "off"
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
+
+
+def test_a_resume_on_a_machine_that_resolves_another_precision_says_so(monkeypatch, tmp_path, tiny_cache, caplog):
+    import json
+    import logging
+
+    import medseg.runtime as runtime
+    from medseg.train.trainer import Trainer
+    from tests.train.conftest import tiny_config
+
+    overrides = ("train.epochs=1", "train.iterations_per_epoch=2", "train.val_every=5")
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    Trainer(tiny_config(*overrides), tiny_cache, tmp_path / "run", progress=False).fit()
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["training_precision"] == "bfloat16"
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="medseg.train.trainer"):
+        Trainer(tiny_config(*overrides[1:], "train.epochs=2"), tiny_cache, tmp_path / "run", resume=True, progress=False).fit()
+    assert any("resumed with fp32 training steps where the run started with bfloat16" in record.message for record in caplog.records)
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["training_precision"] == "fp32"

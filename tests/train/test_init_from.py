@@ -200,6 +200,21 @@ def test_every_registered_model_has_an_encoder_without_its_output_heads(name):
     assert not heads, f"{name}: the encoder holds output-head weights {heads}"
 
 
+def test_freshly_initialised_encoder_tensors_are_not_frozen():
+    """A first convolution left random by --init-from (other input channels) trains from the start."""
+    from medseg.train.freeze import EncoderFreeze
+    from medseg.train.init_from import fresh_tensor_names
+
+    network = build_model(ModelConfig(base_features=4, max_features=16), 2, 3, {"patch_size": [32, 32, 16], "spacing": [1.0, 1.0, 2.0]})
+    full = EncoderFreeze.build(network, "dynunet", 2)
+    first = full.names[0]
+    record = {"skipped": [{"name": first, "checkpoint_shape": [4, 1, 3, 3, 3], "network_shape": [4, 2, 3, 3, 3]}], "missing": [], "output_heads": None}
+    partial = EncoderFreeze.build(network, "dynunet", 2, fresh_tensor_names(record))
+    assert partial.names == full.names[1:]
+    partial.update(0)
+    assert dict(network.named_parameters())[first].requires_grad and not any(p.requires_grad for p in partial.parameters)
+
+
 def test_primed_momentum_is_exactly_sgds_first_step():
     """Unfrozen parameters get zero momentum buffers (fused SGD refuses a partly filled list): the same update as SGD's own start."""
     from medseg.train.freeze import prime_momentum
@@ -268,6 +283,23 @@ def test_freeze_then_unfreeze_exactly_at_epoch_n_also_after_resume(tiny_cache, s
         torch.testing.assert_close(resumed.step.network.state_dict()[name], value, rtol=0, atol=0, msg=f"{name} differs after resume")
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["init_from"]["loaded_fraction"] == 1.0, "the report written at the start survives --resume"
+
+
+def test_a_resume_at_the_unfreeze_epoch_runs_fused_sgd_and_matches(tiny_cache, source_run, tmp_path):
+    """Killed right after the last frozen epoch: the restored optimizer has no encoder momentum, which fused SGD refuses."""
+    extra = ["train.epochs=3", "train.iterations_per_epoch=3", "train.val_every=4", "train.checkpoint_every=1", CPU,
+             "train.fused_optimizer=on", "train.freeze_encoder_epochs=2", f"train.init_from={source_run}"]
+    reference = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "reference", progress=False)
+    reference.fit()
+    interrupted = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", progress=False)
+    interrupted.stop_at = 2
+    with pytest.raises(_Stop):
+        interrupted.fit()
+    resumed = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", resume=True, progress=False)
+    resumed.fit()
+    assert [(epoch, frozen) for epoch, frozen, _, _ in resumed.record] == [(3, False)]
+    for name, value in reference.step.network.state_dict().items():
+        torch.testing.assert_close(resumed.step.network.state_dict()[name], value, rtol=0, atol=0, msg=f"{name} differs after resume")
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
