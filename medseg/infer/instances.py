@@ -36,11 +36,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medseg.data.preprocess import restore_image_map
 from medseg.errors import ConfigError
 from medseg.infer.config import LESION_WORDS, InferConfig
+from medseg.infer.postprocess import bounding_box
 from medseg.io.volume import Volume
 from medseg.metrics.lesions import Component, components, describe_component
 from medseg.schema.case import CaseGeometry
@@ -165,12 +165,6 @@ class LesionInstances:
     source: ConfidenceSource
 
 
-def _label_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a boolean mask (None when empty)."""
-    found = ndimage.find_objects(mask.view(np.uint8))
-    return found[0] if found else None
-
-
 @dataclass
 class _Candidate:
     confidence: float
@@ -184,7 +178,7 @@ def _candidates(labels: np.ndarray, label: int, values: tuple[int, ...], score: 
                 connectivity: int) -> list[_Candidate]:
     """Every connected component of the union of ``values`` (lesion class ``label``), scored inside its bounding box."""
     mask = labels == values[0] if len(values) == 1 else np.isin(labels, values)
-    box = _label_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return []
     labelled, found = components(mask[box], connectivity)

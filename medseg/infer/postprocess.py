@@ -87,7 +87,8 @@ def lesion_label_indices(config: InferConfig, labels: dict[int, str]) -> list[in
     return sorted(index for index, name in labels.items() if index > 0 and any(word in name.lower() for word in LESION_WORDS))
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a boolean mask (None when empty): for postprocessing and lesion instances alike."""
     box = []
     for axis in range(mask.ndim):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
@@ -126,7 +127,7 @@ def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, c
     """
     if not rule.largest_component and rule.min_size_mm3 <= 0 and enclosing is None:
         return None
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return None
     box = _padded(box, mask.shape)
@@ -221,7 +222,7 @@ def label_statistics(labels: np.ndarray, names: dict[int, str], spacing: np.ndar
         entry: dict[str, Any] = {"index": index, "voxels": voxels, "volume_ml": round(voxels * voxel_ml, 4)}
         if index in lesion_labels:
             mask = labels == index
-            box = _bounding_box(mask)
+            box = bounding_box(mask)
             entry["lesions"] = 0 if box is None else len(components(mask[box], connectivity)[1])
         result[name] = entry
     return result
