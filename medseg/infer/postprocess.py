@@ -98,7 +98,7 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def _padded(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+def padded_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
     """``box`` grown by one voxel on every side, inside the array: room for the components' shells."""
     return tuple(slice(max(part.start - 1, 0), min(part.stop + 1, size)) for part, size in zip(box, shape))
 
@@ -108,7 +108,7 @@ def _enclosed(labelled: np.ndarray, kept: list[Component], enclosing: np.ndarray
     structure = structure_for(connectivity)
     inside = []
     for component in kept:
-        box = _padded(component.box, labelled.shape)
+        box = padded_box(component.box, labelled.shape)
         piece = labelled[box] == component.id
         shell = ndimage.binary_dilation(piece, structure) & ~piece
         share = float(enclosing[box][shell].mean()) if shell.any() else 1.0  # a component filling the image has no outside
@@ -130,7 +130,7 @@ def removed_by_rule(mask: np.ndarray, rule: PostprocessRule, voxel_mm3: float, c
     box = bounding_box(mask)
     if box is None:
         return None
-    box = _padded(box, mask.shape)
+    box = padded_box(box, mask.shape)
     region = mask[box]
     min_voxels = max(1, int(np.ceil(rule.min_size_mm3 / voxel_mm3 - 1e-9))) if rule.min_size_mm3 > 0 else 1
     labelled, kept = components(region, connectivity, min_voxels)

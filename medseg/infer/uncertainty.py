@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 
 from medseg.data.preprocess import restore_image_map
+from medseg.infer.postprocess import padded_box
 from medseg.schema.case import CaseGeometry
 
 ENTROPY_UNITS = "predictive entropy of the averaged softmax, nats / ln(K): 0 = certain, 1 = uniform over the K classes"
@@ -118,7 +119,7 @@ def _structure_summary(labels: np.ndarray, value: int, box: tuple[slice, ...] | 
         entry |= {"mutual_information_inside": None, "mutual_information_boundary": None}
     if box is None:
         return entry
-    padded = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, labels.shape))  # room for the outer layer
+    padded = padded_box(box, labels.shape)  # room for the outer layer
     inside = labels[padded] == value
     band = boundary_band(inside)
     entropy = maps.entropy[padded]

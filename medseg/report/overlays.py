@@ -62,7 +62,7 @@ class Plane:
 
 
 # In a RAS array, axis 0 increases towards the patient's right, 1 anterior, 2 superior. Displayed
-# rows and columns are both reversed (see _display): R on the left, A (axial) or S on top.
+# rows and columns are both reversed (see display_plane): R on the left, A (axial) or S on top.
 PLANES = (
     Plane("axial", 2, 1, 0, ("R", "L", "A", "P")),
     Plane("coronal", 1, 2, 0, ("R", "L", "S", "I")),
@@ -248,14 +248,14 @@ def _plane_index(plane: Plane, centre, crop: tuple[slice, ...]) -> tuple[slice, 
     return tuple(index)  # type: ignore[return-value]
 
 
-def _display(block: np.ndarray, plane: Plane) -> np.ndarray:
+def display_plane(block: np.ndarray, plane: Plane) -> np.ndarray:
     """A one-voxel-thick block of a RAS array -> the 2D display array (rows, columns)."""
     flat = np.squeeze(block, axis=plane.fixed)  # the two remaining axes keep their order
     by_cols_rows = flat if plane.cols < plane.rows else flat.T
     return by_cols_rows.T[::-1, ::-1]
 
 
-def _sample_image(image: Volume, label_affine: np.ndarray, index: tuple[slice, slice, slice]) -> np.ndarray:
+def sample_image(image: Volume, label_affine: np.ndarray, index: tuple[slice, slice, slice]) -> np.ndarray:
     """Image values at the label voxels of ``index`` (exact where grids coincide, else trilinear)."""
     grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in index], indexing="ij")
     voxels = np.stack([g.ravel() for g in grids] + [np.ones(grids[0].size)])
@@ -302,9 +302,9 @@ def case_panels(pred: Volume, ref: Volume, image: Volume | None, names: dict[int
     panels = []
     for plane in PLANES:
         index = _plane_index(plane, centre, crop)
-        ref2d, pred2d, error2d = (_display(array[index], plane) for array in (ref_array, pred_array, error_full))
+        ref2d, pred2d, error2d = (display_plane(array[index], plane) for array in (ref_array, pred_array, error_full))
         if image is not None:
-            values = _display(_sample_image(image, ref.affine, index), plane)
+            values = display_plane(sample_image(image, ref.affine, index), plane)
             grey = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0, 1)
             if background:
                 grey[values == 0] = 0.0
@@ -423,7 +423,7 @@ def _draw_labels(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent, con
     for labels, color in ((panel.ref, config.reference_color), (panel.pred, config.prediction_color)):
         for value in np.unique(labels):
             if value != 0:
-                _contour(axis, labels == value, xs, ys, color, config.contour_width)
+                draw_contour(axis, labels == value, xs, ys, color, config.contour_width)
 
 
 def _draw_regions(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent, config: ReportConfig) -> None:
@@ -434,17 +434,17 @@ def _draw_regions(axis, panel: Panel, xs: np.ndarray, ys: np.ndarray, extent, co
         fill[(panel.pred >> bit) & 1 > 0] = [*to_rgb(region_color(bit, config)), config.region_fill_alpha]
     axis.imshow(fill, extent=extent, interpolation="nearest", aspect="auto")
     for bit in range(len(panel.regions)):
-        _contour(axis, (panel.ref >> bit) & 1 > 0, xs, ys, region_color(bit, config), 1.4 * config.contour_width)
-    _contour(axis, panel.error, xs, ys, "white", config.contour_width, linestyle="--")
+        draw_contour(axis, (panel.ref >> bit) & 1 > 0, xs, ys, region_color(bit, config), 1.4 * config.contour_width)
+    draw_contour(axis, panel.error, xs, ys, "white", config.contour_width, linestyle="--")
 
 
-def _contour(axis, mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, color: str, width: float, linestyle: str = "solid") -> None:
+def draw_contour(axis, mask: np.ndarray, xs: np.ndarray, ys: np.ndarray, color: str, width: float, linestyle: str = "solid") -> None:
     if mask.shape[0] < 2 or mask.shape[1] < 2 or not mask.any():
         return
     axis.contour(xs, ys, mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=width, linestyles=linestyle)
 
 
-def _overlaps(image: Volume, ref: Volume) -> bool:
+def image_overlaps(image: Volume, ref: Volume) -> bool:
     """Whether the label grid's centre falls inside the image (a guard against mismatched files)."""
     centre = ref.affine @ np.array([*((np.array(ref.shape) - 1) / 2), 1.0])
     voxel = np.linalg.solve(image.affine, centre)[:3]
@@ -469,7 +469,7 @@ def case_thumbnail(
     pred, ref = read_volume(pred_path, role="label"), read_volume(ref_path, role="label")
     image = read_volume(image_path, role="image", allow_channels=True) if image_path is not None else None
     notes = []
-    if image is not None and not _overlaps(image, ref):
+    if image is not None and not image_overlaps(image, ref):
         notes.append("the image does not cover the label maps in world coordinates (wrong file?): masks shown without it")
         image = None
     if image is not None and image.array.ndim == 4:

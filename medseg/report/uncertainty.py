@@ -26,7 +26,7 @@ from medseg.io.readers import read_volume
 from medseg.io.volume import Volume
 from medseg.report.config import ReportConfig
 from medseg.report.figures import png_data_uri
-from medseg.report.overlays import Panel, _contour, _display, _overlaps, _sample_image, panel_figure
+from medseg.report.overlays import Panel, display_plane, draw_contour, image_overlaps, panel_figure, sample_image
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _planes(panels: list[Panel], entropy: Volume) -> list[np.ndarray]:
     for panel in panels:
         if panel.index is None or panel.affine is None:
             raise ValueError("panels without their voxel index cannot be resampled")
-        values = _display(_sample_image(entropy, panel.affine, panel.index), panel.plane)
+        values = display_plane(sample_image(entropy, panel.affine, panel.index), panel.plane)
         planes.append(np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0))
     return planes
 
@@ -91,8 +91,8 @@ def _draw_figure(panels: list[Panel], planes: list[np.ndarray], config: ReportCo
         axis.imshow(colours, extent=extent, interpolation="nearest", aspect="auto")
         for value in np.unique(panel.pred):
             if value != 0:
-                _contour(axis, panel.pred == value, xs, ys, config.prediction_color, config.contour_width)
-        _contour(axis, panel.error, xs, ys, "white", config.contour_width, linestyle="--")
+                draw_contour(axis, panel.pred == value, xs, ys, config.prediction_color, config.contour_width)
+        draw_contour(axis, panel.error, xs, ys, "white", config.contour_width, linestyle="--")
 
     handles = [Line2D([], [], color=config.prediction_color, linewidth=2, label="prediction"),
                Line2D([], [], color="#444444", linewidth=1.5, linestyle="--", label="largest disagreement"),
@@ -115,7 +115,7 @@ def uncertainty_figure(panels: list[Panel], entropy_path: Path, pred: Volume, co
         entropy = read_volume(entropy_path, role="image")
     except InputError as error:
         return UncertaintyFigure(None, None, f"entropy map unreadable ({error.problem}): no uncertainty view")
-    if not _overlaps(entropy, pred):
+    if not image_overlaps(entropy, pred):
         return UncertaintyFigure(None, None, "the entropy map does not cover the prediction in world coordinates: no uncertainty view")
     uri = _draw_figure(panels, _planes(panels, entropy), config)
     return UncertaintyFigure(uri, _caption(entropy, pred, ref), None)

@@ -5,7 +5,7 @@ import pytest
 
 from medseg.io.volume import Volume
 from medseg.report.config import ReportConfig
-from medseg.report.overlays import _sample_image, case_panels, display_range, largest_error, layout
+from medseg.report.overlays import case_panels, display_range, largest_error, layout, sample_image
 
 SHAPE = (20, 18, 16)
 SPACING = (1.0, 2.0, 3.0)
@@ -81,11 +81,11 @@ def test_image_on_another_grid_is_sampled_in_world_coordinates():
     world_x = (np.arange(shape[0]) * 0.5)[:, None, None] * np.ones(shape)
     image = _stored(world_x.astype(np.float32), fine, flips=(0, 1))
     index = (slice(2, 12), slice(5, 6), slice(0, 16))
-    sampled = _sample_image(image, RAS, index)
+    sampled = sample_image(image, RAS, index)
     np.testing.assert_allclose(sampled[:, 0, 0], np.arange(2, 12) * 1.0, atol=1e-5)
     # same grid: exact lookup, and points outside the image are NaN
     same = Volume(world_x[::2].astype(np.float32), RAS)
-    values = _sample_image(same, RAS @ np.array([[1, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), (slice(0, 10), slice(0, 1), slice(0, 1)))
+    values = sample_image(same, RAS @ np.array([[1, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), (slice(0, 10), slice(0, 1), slice(0, 1)))
     assert values[:5, 0, 0].tolist() == [15.0, 16.0, 17.0, 18.0, 19.0] and np.isnan(values[5:, 0, 0]).all()
 
 

@@ -256,6 +256,22 @@ class _Recording(Trainer):
         return result
 
 
+def _killed_and_resumed(extra: list[str], cache: Path, run: Path, stop_at: int) -> _Recording:
+    """A run stopped after epoch ``stop_at`` (its checkpoint written), then resumed to the end."""
+    interrupted = _Recording(tiny_config(*extra), cache, run, progress=False)
+    interrupted.stop_at = stop_at
+    with pytest.raises(_Stop):
+        interrupted.fit()
+    resumed = _Recording(tiny_config(*extra), cache, run, resume=True, progress=False)
+    resumed.fit()
+    return resumed
+
+
+def _assert_same_weights(reference: Trainer, resumed: Trainer) -> None:
+    for name, value in reference.step.network.state_dict().items():
+        torch.testing.assert_close(resumed.step.network.state_dict()[name], value, rtol=0, atol=0, msg=f"{name} differs after resume")
+
+
 def test_freeze_then_unfreeze_exactly_at_epoch_n_also_after_resume(tiny_cache, source_run, tmp_path):
     extra = ["train.epochs=4", "train.iterations_per_epoch=3", "train.val_every=4", "train.checkpoint_every=1", CPU,
              "train.freeze_encoder_epochs=2", f"train.init_from={source_run}"]  # SGD, momentum 0.99, weight decay 3e-5
@@ -271,16 +287,10 @@ def test_freeze_then_unfreeze_exactly_at_epoch_n_also_after_resume(tiny_cache, s
     assert [row["encoder_frozen"] for row in rows] == [1, 1, 0, 0]
     assert json.loads((tmp_path / "reference" / "summary.json").read_text())["freeze_encoder_epochs"] == 2
 
-    interrupted = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", progress=False)
-    interrupted.stop_at = 1
-    with pytest.raises(_Stop):
-        interrupted.fit()
-    resumed = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", resume=True, progress=False)
-    resumed.fit()
+    resumed = _killed_and_resumed(extra, tiny_cache, tmp_path / "killed", stop_at=1)
     assert resumed.transfer is None, "--resume wins: the checkpoint already holds the fine-tuned weights"
     assert [(epoch, frozen) for epoch, frozen, _, _ in resumed.record] == [(2, True), (3, False), (4, False)]
-    for name, value in reference.step.network.state_dict().items():
-        torch.testing.assert_close(resumed.step.network.state_dict()[name], value, rtol=0, atol=0, msg=f"{name} differs after resume")
+    _assert_same_weights(reference, resumed)
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["init_from"]["loaded_fraction"] == 1.0, "the report written at the start survives --resume"
 
@@ -291,15 +301,9 @@ def test_a_resume_at_the_unfreeze_epoch_runs_fused_sgd_and_matches(tiny_cache, s
              "train.fused_optimizer=on", "train.freeze_encoder_epochs=2", f"train.init_from={source_run}"]
     reference = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "reference", progress=False)
     reference.fit()
-    interrupted = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", progress=False)
-    interrupted.stop_at = 2
-    with pytest.raises(_Stop):
-        interrupted.fit()
-    resumed = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "killed", resume=True, progress=False)
-    resumed.fit()
+    resumed = _killed_and_resumed(extra, tiny_cache, tmp_path / "killed", stop_at=2)
     assert [(epoch, frozen) for epoch, frozen, _, _ in resumed.record] == [(3, False)]
-    for name, value in reference.step.network.state_dict().items():
-        torch.testing.assert_close(resumed.step.network.state_dict()[name], value, rtol=0, atol=0, msg=f"{name} differs after resume")
+    _assert_same_weights(reference, resumed)
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
