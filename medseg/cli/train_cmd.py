@@ -67,7 +67,7 @@ def train(
     folds = parse_folds(fold) if fold is not None else None  # None: the config's train.fold
     for result in run_training(settings, folds, resume=resume):
         validation = result.last_validation
-        scores = "" if not validation else ", ".join(f"{k}: {v:.4f}" for k, v in validation["dice"].items()) + f" ({validation['kind']})"
+        scores = "" if not validation else ", ".join(f"{result.names.get(k, k)}: {v:.4f}" for k, v in validation["dice"].items()) + f" ({validation['kind']})"
         console.print(Text.assemble(("✓", "bold green"), f" {result.run_dir}: {result.epochs_done} epochs, {result.iterations_done} iterations; validation Dice {scores}"))
 
 

@@ -67,6 +67,7 @@ class TrainResult:
     best_ema_dice: float
     last_validation: dict[str, Any] | None
     stopped_by_time: bool
+    names: dict[Any, str] = field(default_factory=dict)  # last_validation["dice"] key -> label or region name
 
 
 @dataclass
@@ -358,7 +359,7 @@ class Trainer:
                 distributed.barrier(self.dist)
         if main:
             self._finish(logbook, validation, stopped_by_time)
-        return TrainResult(self.run_dir, counters.epoch, counters.iteration, counters.best_ema, validation, stopped_by_time)
+        return TrainResult(self.run_dir, counters.epoch, counters.iteration, counters.best_ema, validation, stopped_by_time, dict(self.names))
 
     def _epoch(self, loader, budget_s: float | None, total: int, progress: TrainingProgress) -> tuple[dict[str, Any], bool, float]:
         train, counters, step = self.config.train, self.counters, self.step

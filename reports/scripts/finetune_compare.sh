@@ -10,15 +10,17 @@
 # 2. scratch:  hippocampus fold 0 from random weights, MINUTES;
 # 3. finetune: hippocampus fold 0 with --init-from the source, MINUTES (the source's own training is not counted:
 #              it is a one-off). FREEZE_EPOCHS=N (default 0) keeps its encoder frozen for the first N epochs.
+# 2 and 3 run side by side, each on one core (reports/scripts/pairs.sh; PARALLEL=0: one after the other).
 # Then prints each run's fold-0 validation Dice (all 37 held-out cases, from summary.json) and what was transferred.
 #
 # Run from the repository root. Data: $MEDSEG_TEST_DATA/msd_hippocampus (default ../shared/data). Everything else
 # goes under WORK_DIR (default finetune_compare/): datasets, preprocessed caches and the three run folders.
 # Seeds are fixed (synthetic data seed 0, train.seed 0); wall-clock budgets make the epoch counts machine-dependent.
 set -euo pipefail
+source "$(dirname "$0")/pairs.sh"
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 MINUTES=$1
@@ -43,13 +45,15 @@ echo "== source: synthetic CT model, $SOURCE_MINUTES min ($(date -u +%H:%M:%S) U
 "$MEDSEG" train "$WORK/synthetic" "${SHAPE[@]}" --set plan.target_spacing=[1.0,1.0,1.0] --set work_dir="$WORK/medseg_work/synthetic" \
     --set train.num_folds="$SYNTH_CASES" --fold 0 --max-minutes "$SOURCE_MINUTES" -o "$WORK/source"
 
-echo "== scratch: hippocampus fold 0 from random weights, $MINUTES min ($(date -u +%H:%M:%S) UTC)"
-"$MEDSEG" train "$HIPPOCAMPUS" "${SHAPE[@]}" --set work_dir="$WORK/medseg_work/hippocampus" --fold 0 --max-minutes "$MINUTES" \
-    -o "$WORK/scratch"
-
-echo "== finetune: hippocampus fold 0 from the synthetic model, $MINUTES min, encoder frozen $FREEZE_EPOCHS epoch(s) ($(date -u +%H:%M:%S) UTC)"
-"$MEDSEG" train "$HIPPOCAMPUS" "${SHAPE[@]}" --set work_dir="$WORK/medseg_work/hippocampus" --fold 0 --max-minutes "$MINUTES" \
-    --init-from "$WORK/source" --set train.freeze_encoder_epochs="$FREEZE_EPOCHS" -o "$WORK/finetune"
+SCRATCH=("$MEDSEG" train "$HIPPOCAMPUS" "${SHAPE[@]}" --set work_dir="$WORK/medseg_work/hippocampus" --fold 0 --max-minutes "$MINUTES"
+         -o "$WORK/scratch")
+FINETUNE=("$MEDSEG" train "$HIPPOCAMPUS" "${SHAPE[@]}" --set work_dir="$WORK/medseg_work/hippocampus" --fold 0 --max-minutes "$MINUTES"
+          --init-from "$WORK/source" --set train.freeze_encoder_epochs="$FREEZE_EPOCHS" -o "$WORK/finetune")
+# Preprocess once before the pair starts, so neither run spends its budget on it (or races the other for the cache).
+"$MEDSEG" preprocess "$HIPPOCAMPUS" "${SHAPE[@]}" --set work_dir="$WORK/medseg_work/hippocampus" >/dev/null
+echo "== scratch and finetune (from the synthetic model, encoder frozen $FREEZE_EPOCHS epoch(s)): hippocampus fold 0," \
+     "$MINUTES min each, side by side on one core each ($(date -u +%H:%M:%S) UTC; logs in $WORK/*.log)"
+run_pair "$WORK/scratch.log" "$(printf '%q ' "${SCRATCH[@]}")" "$WORK/finetune.log" "$(printf '%q ' "${FINETUNE[@]}")"
 
 echo "== fold-0 validation Dice after $MINUTES min each"
 "$PYTHON" - "$WORK" <<'EOF'

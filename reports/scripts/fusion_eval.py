@@ -42,15 +42,15 @@ def _summary(run: Path) -> dict[str, Any]:
 
 def evaluate_fold(run: Path, cases: Path, labels: Path, out: Path) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
     """Per condition ('full', '<channel> missing'), the region Dice of each held-out case of this fold run."""
+    from loo_infer import held_out_cases
+
     from medseg.infer import Segmenter, infer
     from medseg.infer.missing import channel_names
     from medseg.infer.model import load_model
     from medseg.infer.segmenter import saved_infer_config
     from medseg.io.readers import read_volume
-    from medseg.train.checkpoint import load_checkpoint
 
-    checkpoint = run / "checkpoint_best.pt" if (run / "checkpoint_best.pt").is_file() else run / "checkpoint_last.pt"
-    held_out = load_checkpoint(checkpoint).val_cases
+    held_out = held_out_cases(run)
     model = load_model(run)
     base = saved_infer_config(model)  # the run's own infer: section (configs/brats.yaml's postprocessing)
     conditions: dict[str, list[str]] = {"full": []} | {f"{name} missing": [name] for name in channel_names(model.plan)}
@@ -69,7 +69,9 @@ def evaluate_fold(run: Path, cases: Path, labels: Path, out: Path) -> tuple[dict
 
 def evaluate_variant(work: Path, variant: str, cases: Path, labels: Path) -> dict[str, Any]:
     """Region Dice per condition over every fold's held-out cases, plus the training facts of the folds."""
-    folds = sorted(path for path in (work / "runs" / variant).glob("fold_*") if path.is_dir())
+    from loo_infer import fold_runs
+
+    folds = fold_runs(work / "runs" / variant)
     merged: dict[str, list[dict[str, float]]] = {}
     held: list[str] = []
     iterations, minutes = 0, 0.0

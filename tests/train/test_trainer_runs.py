@@ -44,6 +44,9 @@ def test_fold_all_trains_on_every_case_and_says_so(tiny_cache, tmp_path):
     assert result.last_validation["kind"] == "training cases (fold all)"
     summary = json.loads((tmp_path / "all" / "summary.json").read_text())
     assert summary["fold"] == "all" and summary["validation"] == "training cases (fold all)" and summary["validation_cases"] == 4
+    # the names the command line prints next to each score are the summary's (label names, not their indices)
+    assert [result.names[key] for key in result.last_validation["dice"]] == list(summary["final_validation"])
+    assert all(isinstance(name, str) and not name.isdigit() for name in result.names.values())
     assert trainer.counters.history[-1]["val_kind"] == "training cases (fold all)"
     assert parse_folds("all") == ["all"] and parse_folds("0,1, 2") == [0, 1, 2] and parse_folds("3") == [3]
     with pytest.raises(ConfigError, match="each in turn"):
