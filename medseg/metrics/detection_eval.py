@@ -50,7 +50,7 @@ def wanted(config: EvaluateConfig, pairs: Sequence[tuple[str, Any, Any]], lesion
         log.warning("lesion detection (FROC) skipped: only %d of %d predictions have a <case>_lesions.json", sum(files), len(files))
         return False
     if not lesion_specs:
-        log.info("lesions files found, but no lesion label is evaluated; name them (--lesion-labels) for FROC and AP")
+        log.warning("lesions files found, but no lesion label is evaluated; name them (--lesion-labels) for FROC and AP")
         return False
     return True
 
