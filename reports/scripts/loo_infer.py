@@ -18,17 +18,12 @@ from pathlib import Path
 log = logging.getLogger("loo_infer")
 
 
-def fold_checkpoint(run: Path) -> Path:
-    """The checkpoint `medseg infer` would take from a fold folder: best, else last."""
-    best = run / "checkpoint_best.pt"
-    return best if best.is_file() else run / "checkpoint_last.pt"
-
-
 def held_out_cases(run: Path) -> list[str]:
-    """The case ids a fold validated on (and so never trained on)."""
+    """The case ids a fold validated on (and so never trained on), from the checkpoint `medseg infer` takes."""
+    from medseg.infer.model import resolve_checkpoints
     from medseg.train.checkpoint import load_checkpoint
 
-    return list(load_checkpoint(fold_checkpoint(run)).val_cases)
+    return list(load_checkpoint(resolve_checkpoints(run)[0]).val_cases)
 
 
 def fold_runs(runs: Path) -> list[Path]:
