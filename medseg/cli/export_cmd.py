@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from medseg.errors import ConfigError
-from medseg.logging_setup import console, print_table
+from medseg.logging_setup import print_table
 
 export_app = typer.Typer(help="Export a trained model for other runtimes.", no_args_is_help=True)
 
@@ -23,22 +23,32 @@ def onnx(
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest |ONNX - PyTorch| logit difference accepted, relative to the logits' magnitude."),
     force: bool = typer.Option(False, "--force", help="Write the file even when ONNX Runtime disagrees with PyTorch beyond --tolerance (with a warning)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the export check (default: all cores)."),
+    replace: bool = typer.Option(False, "--replace", help="Delete the output folder's other .onnx files (stale folds of an earlier export) "
+                                                         "once the new files are in place, instead of refusing the folder."),
 ) -> None:
     """Export every fold network with dynamic batch and spatial axes, plan, labels, normalisation,
     patch size and model id in the file's metadata, after checking ONNX Runtime against PyTorch on
-    random windows (refused when they disagree).
+    random windows (refused when they disagree). A lesion_instances model keeps its lesion-centre
+    head (a second output), so ONNX inference writes the same instance files and confidences.
 
-    Needs the optional packages: pip install medseg[onnx].
+    An output folder gets one fold_<k>.onnx per network, and `medseg infer` averages every .onnx
+    file of a folder. So a folder that already holds other .onnx files (say fold_3.onnx of an
+    earlier 5-fold export) is refused before any work; --replace deletes them instead. Files of
+    the same names are overwritten, all together once every fold passed its check.
+
+    Needs the optional packages: pip install medseg\\[onnx].
 
     Examples:
       medseg export onnx runs/liver/fold_0 -o liver.onnx
       medseg export onnx runs/liver_5folds -o liver_onnx/
+      medseg export onnx runs/liver_3folds -o liver_onnx/ --replace
     """
     from medseg.export.onnx import export_onnx
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ConfigError(f"--exporter {exporter!r} is not an exporter; use auto, torchscript or dynamo")
-    exported = export_onnx(model, out, opset=opset, tolerance=tolerance, allow_mismatch=force, threads=threads, exporter=exporter)
+    exported = export_onnx(model, out, opset=opset, tolerance=tolerance, allow_mismatch=force, threads=threads, exporter=exporter,
+                           replace=replace)
     table = Table(title=f"ONNX export of {model}")
     for column in ("fold", "file", "MB", "max |ONNX - torch| logit", "argmax agreement", "s"):
         table.add_column(column)

@@ -37,7 +37,8 @@ def infer(
     stitch_device: Optional[str] = typer.Option(None, "--stitch-device", help="Where window outputs are accumulated: auto (default), gpu or cpu (for huge volumes)."),
     per_class: Optional[bool] = typer.Option(None, "--per-class", help="Also write one binary mask per label: OUT/<case>/<label>.nii.gz."),
     dicom_seg: Optional[bool] = typer.Option(None, "--dicom-seg", help="For DICOM series inputs, also write OUT/<case>_seg.dcm: one DICOM-SEG "
-                                             "referencing the series (segments named from the model's labels, SNOMED CT codes where known)."),
+                                             "referencing the series (segments named from the model's labels, SNOMED CT codes where known). "
+                                             "A SEG that cannot be written never costs the mask: the reason goes to the sidecar (dicom_seg)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, or onnxruntime for a model exported with `medseg export onnx` "
                                           "(needs pip install medseg[onnx]) [default: auto, by what MODEL is]."),
     save_probabilities: Optional[bool] = typer.Option(None, "--save-probabilities", help="Also write float16 class probabilities on the input grid: OUT/<case>_probabilities.npz."),
@@ -60,8 +61,9 @@ def infer(
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: infer only the K-th of N disjoint shards of the cases (stable hash of the "
                                         "case name), e.g. --shard $SLURM_ARRAY_TASK_ID/8; each shard writes its own summary JSON."),
-    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases whose sidecar JSON (written last) is already in OUT: "
-                                       "a killed run restarted with this finishes the rest."),
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip cases already complete in OUT: the sidecar "
+                                       "JSON (written last) names every file of the case, all present, and the same model made them. A killed "
+                                       "run restarted with this finishes the rest; incomplete cases are redone."),
 ) -> None:
     """Segment CT/MR volumes or DICOM series with a trained medseg model.
 

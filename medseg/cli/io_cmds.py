@@ -98,8 +98,9 @@ def _convert_to_dicom_seg(mask: Path, out: Path, reference: Optional[Path], labe
         raise ConfigError(f"--seg-type {seg_type!r} is not a SEG type; use binary or labelmap")
     result = convert_mask_to_seg(mask, out, reference, labels_file=labels, series=series, algorithm_name=algorithm, segmentation_type=seg_type)
     console.print(f"wrote {out}  {len(result.segments)} segment(s) over {result.frames_referenced} referenced frames")
-    if result.skipped:
-        console.print(f"note: {len(result.skipped)} label(s) without voxels left out: {', '.join(result.skipped[:10])}{' ...' if len(result.skipped) > 10 else ''}")
+    if result.empty:
+        console.print(f"note: {len(result.empty)} segment(s) without voxels, kept so segment numbers follow the labels: "
+                      f"{', '.join(result.empty[:10])}{' ...' if len(result.empty) > 10 else ''}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ naming the file, never a crash, so one bad file does not hide the others.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,16 @@ def _compare_grid(image: Volume, other: Volume, case: str, what: str, path: Path
         problems.append(Problem("error", case, "affine_mismatch", f"{what} affine differs from the image's (corners up to {distance:.3g} mm apart, tolerance {tolerance:g} mm)", str(path)))
 
 
+def undeclared_labels(values: Iterable[int], declared: Iterable[int]) -> str | None:
+    """The problem of a label map holding ``values`` when dataset.json declares ``declared`` (None: all declared).
+
+    The one wording of this error, for `medseg dataset check` and for plan/train (the fingerprint refuses with it).
+    """
+    declared = set(declared)
+    undeclared = sorted(set(values) - declared)
+    return f"label values {undeclared} are not declared in dataset.json (declared: {sorted(declared)})" if undeclared else None
+
+
 def _check_label(label: Volume, declared: set[int], case: str, path: Path, problems: list[Problem]) -> None:
     array = label.array
     if array.ndim != 3:
@@ -103,9 +114,9 @@ def _check_label(label: Volume, declared: set[int], case: str, path: Path, probl
         problems.append(Problem("error", case, "label_dtype", f"label map has unsupported voxel type {array.dtype}", str(path)))
         return
     values = set(int(v) for v in np.unique(array))
-    undeclared = sorted(values - declared)
+    undeclared = undeclared_labels(values, declared)
     if undeclared:
-        problems.append(Problem("error", case, "undeclared_label", f"label values {undeclared} are not declared in dataset.json (declared: {sorted(declared)})", str(path)))
+        problems.append(Problem("error", case, "undeclared_label", undeclared, str(path)))
     if values <= {0}:
         problems.append(Problem("warning", case, "empty_label", "label map has no foreground voxels", str(path)))
 

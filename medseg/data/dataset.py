@@ -29,6 +29,7 @@ from typing import Any, Literal
 from medseg.data.naming import CHANNEL_SUFFIX, is_junk, stem
 from medseg.errors import InputError
 from medseg.io.atomic import full_suffix
+from medseg.io.label_names import dataset_labels
 from medseg.io.readers import READABLE_SUFFIXES, read_volume
 from medseg.io.volume import Volume
 
@@ -321,45 +322,6 @@ def _discover_grouped(images: Path, labels: Path | None, channels: int, file_end
     return sorted(cases, key=lambda case: case.case_id)
 
 
-def _nnunet_labels(data: dict[str, Any], path: Path) -> tuple[dict[int, str], dict[str, tuple[int, ...]]]:
-    """Plain labels (value -> name) and, for a region dataset, every foreground region in declared order.
-
-    nnU-Net v2's rule: a dataset is region-based when any label maps to a list of more than one
-    value; then *every* foreground entry is a region (an integer ``4`` or ``[4]`` is the region
-    {4}), each one sigmoid output, in the order of dataset.json.
-    """
-    raw = data.get("labels")
-    if not isinstance(raw, dict) or not raw:
-        raise InputError(path, "'labels' must be a non-empty mapping name -> index")
-    entries: list[tuple[str, tuple[int, ...], bool]] = []
-    for name, value in raw.items():
-        if isinstance(value, (list, tuple)):
-            if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                raise InputError(path, f"region label '{name}' must be a list of integers, got {value!r}")
-            entries.append((str(name), tuple(int(v) for v in value), True))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            entries.append((str(name), (int(value),), False))
-        elif isinstance(value, str) and value.lstrip("-").isdigit():
-            entries.append((str(name), (int(value),), False))
-        else:
-            raise InputError(path, f"label '{name}' must map to an integer or a list of integers, got {value!r}")
-    region_based = any(len(values) > 1 for _, values, _ in entries)
-    labels: dict[int, str] = {}
-    regions: dict[str, tuple[int, ...]] = {}
-    for name, values, _ in entries:
-        if len(values) == 1:
-            labels.setdefault(values[0], name)
-        if region_based and name != "ignore" and set(values) != {0}:
-            regions[name] = values
-    class_names = (data.get("medseg_import") or {}).get("class_names") if isinstance(data.get("medseg_import"), dict) else None
-    for member in sorted({member for values in regions.values() for member in values}):
-        name = class_names.get(str(member)) if isinstance(class_names, dict) else None
-        if name and name not in labels.values() and member not in labels:
-            labels[member] = str(name)
-        labels.setdefault(member, f"label_{member}")
-    return labels, regions
-
-
 def _regions_class_order(data: dict[str, Any], regions: dict[str, tuple[int, ...]], path: Path) -> list[int] | None:
     order = data.get("regions_class_order")
     if order is not None and (not isinstance(order, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in order)):
@@ -373,7 +335,7 @@ def _regions_class_order(data: dict[str, Any], regions: dict[str, tuple[int, ...
 def _load_nnunet(root: Path, data: dict[str, Any]) -> DatasetDescription:
     path = root / "dataset.json"
     channels = _channels(_index_map(data, "channel_names", path), path)
-    labels, regions = _nnunet_labels(data, path)
+    labels, regions = dataset_labels(data, path)
     ignore = next((value for value, name in labels.items() if name == "ignore"), None)
     if ignore is not None:
         del labels[ignore]

@@ -5,6 +5,8 @@ will): spacing, shape before and after the crop, the share of voxels the crop ke
 class. Per channel: intensity statistics of the *foreground* (labelled) voxels, which is what
 CT normalization needs. Memory stays bounded because each case contributes at most
 ``samples_per_case`` randomly chosen foreground voxels (seeded, so fingerprints are reproducible).
+Plan and train fingerprint through :func:`load_or_compute_fingerprint`, which refuses a label value
+that dataset.json does not declare (:func:`check_declared_labels`), as `medseg dataset check` does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from medseg.io.atomic import write_json
 from medseg.schema.records import read_json
+from medseg.data.check import undeclared_labels
 from medseg.data.config import FingerprintConfig
 from medseg.data.dataset import Case, DatasetDescription, read_case_images, read_case_label
 from medseg.data.parallel import map_cases
@@ -158,6 +161,26 @@ def compute_fingerprint(
     }
 
 
+def check_declared_labels(description: DatasetDescription, fingerprint: dict[str, Any]) -> None:
+    """Refuse a label value that dataset.json does not declare, naming the first label map holding one.
+
+    `medseg dataset check` reports the same problem in the same words; plan and train (which both
+    fingerprint) must not plan a dataset whose classes they would then miscount. The fingerprint
+    already counts every value of every label map (the crop keeps all labelled voxels), so nothing is
+    read again, and a reused fingerprint is checked too: dataset.json may change while the label files do not.
+    """
+    label_files = {case.case_id: case.label for case in description.cases}
+    found = []
+    for record in fingerprint["cases"]:
+        problem = undeclared_labels((int(value) for value in record.get("class_voxels", {})), description.label_values)
+        if problem:
+            found.append((record["case_id"], problem))
+    if found:
+        case_id, problem = found[0]
+        more = f"; {len(found) - 1} more case(s) like it" if len(found) > 1 else ""
+        raise InputError(label_files.get(case_id) or description.root, f"{problem}{more}; `medseg dataset check` lists every problem")
+
+
 def save_fingerprint(fingerprint: dict[str, Any], path: str | Path) -> Path:
     return write_json(path, fingerprint)
 
@@ -170,7 +193,10 @@ def load_or_compute_fingerprint(
     workers: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Reuse ``path`` when it was computed from the same files with the same settings; else recompute and save."""
+    """Reuse ``path`` when it was computed from the same files with the same settings; else recompute and save.
+
+    What plan and train fingerprint through: either way, a label value dataset.json does not declare is refused.
+    """
     config = config or FingerprintConfig()
     if path is not None and Path(path).is_file():
         try:
@@ -180,9 +206,11 @@ def load_or_compute_fingerprint(
         else:
             if stored.get("digest") == dataset_digest(description, config) and stored.get("fingerprint_version") == FINGERPRINT_VERSION:
                 log.info("reusing fingerprint %s (dataset files unchanged)", path)
+                check_declared_labels(description, stored)
                 return stored
             log.info("fingerprint %s is stale (dataset files or settings changed); recomputing", path)
     fingerprint = compute_fingerprint(description, config, workers=workers, progress=progress)
+    check_declared_labels(description, fingerprint)  # before saving: a refused dataset leaves nothing behind
     if path is not None:
         save_fingerprint(fingerprint, path)
     return fingerprint

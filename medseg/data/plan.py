@@ -10,10 +10,13 @@ The rules follow nnU-Net (Isensee et al., Nature Methods 2021) and are written o
   with the dataset foreground mean/std (HU are comparable across scans); MR and other channels
   are z-scored per image, inside the nonzero mask when cropping removed at least 25% of the
   voxels (the zeros around the body are then not tissue).
-* **topology**: pool an axis (stride 2) while it stays >= 2x ``min_feature_map_size`` voxels and its
-  spacing is within 2x of the finest pooled axis; a kernel is 3 along an axis once that axis's
-  spacing is within 2x of the finest, else 1 (so thick-slice axes start with in-plane 1x3x3
-  convolutions). The patch is rounded up to a multiple of the total stride per axis.
+* **topology**: the one network-shape rule of :mod:`medseg.models.topology` (nnU-Net's): pool an axis
+  (stride 2) while it stays >= 2x ``min_feature_map_size`` voxels and its spacing is within 2x of the
+  finest pooled axis; a kernel is 3 along an axis once that axis's spacing is within 2x of the finest,
+  else 1 (so thick-slice axes start with in-plane 1x3x3 convolutions). The patch is rounded up to a
+  multiple of the total stride per axis. Each configuration stores the result, with the knobs it was
+  derived with (:func:`~medseg.models.topology.planned_knobs`: the ``cpu_`` widths on a CPU plan), as
+  its typed ``topology``; an override re-derives it from those knobs.
 * **patch and batch from a memory budget**: start from a large patch with the aspect ratio of the
   spacing, clip to the median shape, and shrink the axis that is largest relative to the median
   shape until ``min_batch_size`` patches fit in ``gpu_memory_gb``; then use the largest batch
@@ -47,7 +50,9 @@ from medseg.data.dataset import DatasetDescription, load_dataset, normalization_
 from medseg.data.devices import device_profile
 from medseg.data.fingerprint import load_or_compute_fingerprint
 from medseg.errors import ConfigError, InputError
-from medseg.schema.plan import ChannelNormalization, Configuration, DeviceProfile, Plan, Preprocessing, Resampling, read_plan, write_plan
+from medseg.models.topology import derive_topology, planned_knobs
+from medseg.schema.plan import (ChannelNormalization, Configuration, DeviceProfile, Plan, Preprocessing, Resampling, ShapeKnobs, Topology,
+                                read_plan, write_plan)
 
 log = logging.getLogger(__name__)
 
@@ -124,38 +129,7 @@ def _zscore_region(use_mask: bool, masked: bool, crop_fraction: float, config: P
     return f"over the whole cropped image (cropping kept {crop_fraction:.0%} of voxels)"
 
 
-# --- topology ------------------------------------------------------------------------------------
-def topology(spacing: Sequence[float], patch: Sequence[int], config: PlanConfig) -> dict[str, Any]:
-    """Strides and kernel sizes per stage for ``patch`` at ``spacing``; patch rounded up to fit the strides."""
-    dims = len(spacing)
-    size = np.asarray(patch, dtype=float)
-    current = np.array(spacing, dtype=float)  # a copy: pooling doubles it in place
-    kernel = [3 if s / current.min() < 2 else 1 for s in current]
-    strides: list[list[int]] = [[1] * dims]
-    kernels: list[list[int]] = [list(kernel)]
-    pools = np.zeros(dims, dtype=int)
-    for _ in range(config.max_pooling_steps):
-        poolable = [a for a in range(dims) if size[a] >= 2 * config.min_feature_map_size]
-        if not poolable:
-            break
-        finest = min(current[a] for a in poolable)
-        poolable = [a for a in poolable if current[a] / finest < 2]
-        if len(poolable) == 1 and size[poolable[0]] < 3 * config.min_feature_map_size:
-            break  # pooling one lone axis only pays off when it is clearly large
-        stride = [2 if a in poolable else 1 for a in range(dims)]
-        for a in poolable:
-            current[a] *= 2
-            size[a] = math.ceil(size[a] / 2)
-            pools[a] += 1
-        kernel = [3 if kernel[a] == 3 or current[a] / current.min() < 2 else 1 for a in range(dims)]
-        strides.append(stride)
-        kernels.append(list(kernel))
-    kernels[-1] = [3] * dims  # the bottleneck always sees a full 3x3(x3) neighbourhood
-    divisor = [2 ** int(p) for p in pools]
-    rounded = [int(math.ceil(p / d) * d) for p, d in zip(patch, divisor)]
-    return {"strides": strides, "kernel_sizes": kernels, "divisible_by": divisor, "patch_size": rounded}
-
-
+# --- patch, batch and width ---------------------------------------------------------------------
 def activation_bytes_per_sample(patch: Sequence[int], strides: Sequence[Sequence[int]], features: Sequence[int], config: PlanConfig) -> float:
     """The documented estimate (module docstring) of stored activations for one sample."""
     voxels = float(np.prod(patch))
@@ -182,8 +156,7 @@ class Sizing:
     device: DeviceProfile
     memory_budget_bytes: float
     step_voxels: float
-    base_features: int
-    max_features: int
+    knobs: ShapeKnobs
 
     @property
     def cpu(self) -> bool:
@@ -196,20 +169,15 @@ class Sizing:
 
 
 def sizing(device: DeviceProfile, config: PlanConfig, spatial_dims: int) -> Sizing:
+    knobs = planned_knobs(config.model_dump(), device.kind == "cpu", spatial_dims)
     if device.kind == "cpu":
         step = config.cpu_step_voxels_per_core * device.cores * (3.0 if spatial_dims == 2 else 1.0)  # 2D convolutions: 9 taps, not 27
-        cap = config.cpu_max_features_2d if spatial_dims == 2 else config.cpu_max_features_3d
-        return Sizing(device, math.inf, step, config.cpu_base_features, cap)
+        return Sizing(device, math.inf, step, knobs)
     memory = device.memory_gb if config.gpu_memory_gb is not None else min(device.memory_gb, config.max_gpu_memory_gb)
     budget = (memory - config.memory_overhead_gb) * 1024**3
     if budget <= 0:
         raise ConfigError(f"a {memory:g} GB budget leaves nothing after the {config.memory_overhead_gb} GB overhead (plan.memory_overhead_gb)")
-    cap = config.max_features_2d if spatial_dims == 2 else config.max_features_3d
-    return Sizing(device, budget, math.inf, config.base_features, cap)
-
-
-def _features(stages: int, sizing_: Sizing) -> list[int]:
-    return [min(sizing_.base_features * 2**s, sizing_.max_features) for s in range(stages)]
+    return Sizing(device, budget, math.inf, knobs)
 
 
 def _how_many(budget: float, each: float) -> float:
@@ -221,22 +189,21 @@ def _fits(per_sample: float, patch_voxels: float, batch: int, sizing_: Sizing) -
     return per_sample * batch <= sizing_.memory_budget_bytes and patch_voxels * batch <= sizing_.step_voxels
 
 
-def _shrink_patch(spacing: np.ndarray, median_shape: np.ndarray, patch: np.ndarray, forced: bool, sizing_: Sizing, config: PlanConfig) -> tuple[dict[str, Any], list[int], float, int]:
+def _shrink_patch(spacing: np.ndarray, median_shape: np.ndarray, patch: np.ndarray, forced: bool, sizing_: Sizing, config: PlanConfig) -> tuple[Topology, float, int]:
     """Shrink the axis largest relative to the median shape until ``min_batch_size`` patches fit the budget."""
     shrunk = 0
     while True:
-        topo = topology(spacing, patch, config)
-        features = _features(len(topo["strides"]), sizing_)
-        per_sample = activation_bytes_per_sample(topo["patch_size"], topo["strides"], features, config)
-        if forced or _fits(per_sample, float(np.prod(topo["patch_size"])), config.min_batch_size, sizing_):
-            return topo, features, per_sample, shrunk
-        ratio = np.asarray(topo["patch_size"]) / median_shape
-        candidates = [a for a in range(len(patch)) if patch[a] - topo["divisible_by"][a] >= config.min_feature_map_size]
+        topo = derive_topology(spacing, patch, sizing_.knobs)
+        per_sample = activation_bytes_per_sample(topo.patch_size, topo.strides, topo.features_per_stage, config)
+        if forced or _fits(per_sample, float(np.prod(topo.patch_size)), config.min_batch_size, sizing_):
+            return topo, per_sample, shrunk
+        ratio = np.asarray(topo.patch_size) / median_shape
+        candidates = [a for a in range(len(patch)) if patch[a] - topo.divisor[a] >= sizing_.knobs.min_feature_map_size]
         if not candidates:
             log.warning("even the smallest patch exceeds the budget (%s); keeping %s", sizing_.describe(), list(patch))
-            return topo, features, per_sample, shrunk
+            return topo, per_sample, shrunk
         axis = int(np.argmax(ratio)) if int(np.argmax(ratio)) in candidates else max(candidates, key=lambda a: ratio[a])
-        patch[axis] -= topo["divisible_by"][axis]
+        patch[axis] -= topo.divisor[axis]
         shrunk += 1
 
 
@@ -258,8 +225,8 @@ def _configuration(
         patch = aspect * (initial_voxels / np.prod(aspect)) ** (1.0 / len(spacing))
         patch = np.minimum(np.round(patch), median_shape)
     patch = np.maximum(np.round(patch), 1).astype(int)
-    topo, features, per_sample, shrunk = _shrink_patch(spacing, median_shape, patch, forced_patch is not None, sizing_, config)
-    patch_size = topo["patch_size"]
+    topo, per_sample, shrunk = _shrink_patch(spacing, median_shape, patch, forced_patch is not None, sizing_, config)
+    patch_size = topo.patch_size
     patch_voxels = float(np.prod(patch_size))
     fit = int(min(_how_many(sizing_.memory_budget_bytes, per_sample), _how_many(sizing_.step_voxels, patch_voxels)))
     cap = int(config.max_dataset_fraction_per_batch * dataset_voxels / patch_voxels)
@@ -274,19 +241,16 @@ def _configuration(
         batch_reason = f"largest batch within {binding} (budget fits {fit}, dataset cap {cap}, max {config.max_batch_size}), at least {config.min_batch_size}"
     else:
         batch_reason = "set in the config"
-    width = f"; {features[0]} base features capped at {sizing_.max_features} ({'CPU: narrower network, more steps per minute' if sizing_.cpu else 'nnU-Net'})"
+    width = f"; {topo.features_per_stage[0]} base features capped at {sizing_.knobs.max_features} ({'CPU: narrower network, more steps per minute' if sizing_.cpu else 'nnU-Net'})"
     return Configuration(
         patch_size=[int(v) for v in patch_size],
         batch_size=batch,
         spacing=[float(v) for v in spacing],
-        n_stages=len(topo["strides"]),
-        features_per_stage=features,
-        kernel_sizes=topo["kernel_sizes"],
-        strides=topo["strides"],
+        topology=topo,
         estimated_memory_gb=round(estimate, 2),
         patch_reason="set in the config" if forced_patch is not None else (
             f"median shape {[int(v) for v in np.round(median_shape)]} clipped from a large start patch, "
-            f"shrunk {shrunk} step(s) to fit {sizing_.describe()}, rounded up to the total stride {topo['divisible_by']}{width}"),
+            f"shrunk {shrunk} step(s) to fit {sizing_.describe()}, rounded up to the total stride {topo.divisor}{width}"),
         batch_reason=batch_reason,
         slice_axis=slice_axis,
     )

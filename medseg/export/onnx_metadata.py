@@ -4,7 +4,11 @@ Stored as the model's ``metadata_props`` entry ``"medseg"`` (not in a sidecar fi
 cannot be separated from its plan, labels and normalisation, and any ONNX Runtime (C++, C#, JS)
 reads it with ``session.get_modelmeta().custom_metadata_map["medseg"]``. Several folds are
 exported as one file per fold in a folder (``fold_0.onnx``, ...), each self-contained; medseg
-averages their softmax inside each window, as for PyTorch folds.
+averages their softmax inside each window, as for PyTorch folds. ``model_id`` (the same in every file
+of one export) and ``checkpoint.sha256`` let the loader refuse a folder that mixes exports.
+
+Models with a lesion-centre head (``lesion_instances``) have a second graph output,
+``objectness`` (the head's logit), named by ``objectness_output``.
 
 Also the one place that imports onnx/onnxruntime, lazily, so both stay optional extras.
 """
@@ -22,6 +26,8 @@ from medseg.errors import ConfigError, InputError
 METADATA_KEY = "medseg"
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: Second graph output of networks with a lesion-centre head (``lesion_instances``): the objectness logit (B, 1, *spatial).
+OBJECTNESS_NAME = "objectness"
 INSTALL_HINT = "pip install medseg[onnx]"
 
 
@@ -52,6 +58,7 @@ class OnnxMetadata:
     opset: int | None = None
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    objectness_output: str | None = None  # the lesion-centre head's output, for models that have one
     medseg_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -149,7 +149,7 @@ def build_network(payload: CheckpointPayload, path: Path) -> nn.Module:
     spec = payload.model_spec
     try:
         model_config = ModelConfig(**(payload.config.get("model") or {}))
-        network = build_model(model_config, spec.in_channels, spec.out_channels, spec.configuration.network_plan())
+        network = build_model(model_config, spec.in_channels, spec.out_channels, spec.configuration)
         network.load_state_dict(payload.model)
     except ValidationError as error:
         raise InputError(path, f"checkpoint's model config is not valid here ({describe_validation_error(error)})") from error

@@ -1,11 +1,9 @@
-"""Files of one inferred case: the label map, optional per-class masks and probabilities, and the
-JSON sidecar. Every file is written atomically, and if any of them fails the ones already written
-for that case are removed, so a case has either all its outputs or none.
+"""Files of one inferred case, written as one transaction: the label map, optional outputs and the JSON sidecar.
 
 Layout under the output folder::
 
-    <case>.nii.gz                  multi-label mask on the input's exact grid
-    <case>.json                    sidecar (written last: its presence means the case is complete)
+    <case>.nii.gz                  multi-label mask on the input's exact grid (the primary output)
+    <case>.json                    sidecar, written last: it names every file of the case (``files``)
     <case>/<label>.nii.gz          --per-class binary masks
     <case>_probabilities.npz       --save-probabilities: float16 (K, X, Y, Z) on the input grid (K classes, or one
                                    sigmoid per region for region models; channel names in "labels")
@@ -20,22 +18,43 @@ Layout under the output folder::
 uncertainty maps take the mask's suffix, ``.nii`` or ``.nii.gz``.) `medseg evaluate` and `medseg
 report` skip uncertainty maps and instance maps whose case sits beside them (:data:`SIDE_MAP_SUFFIXES`).
 
+The transaction (:func:`write_case`), so that after any failure or kill a case has either a complete,
+current set of files or no sidecar at all:
+
+1. *retire*: the case's old sidecar is removed first, then its old files (an older run's probabilities
+   or SEG never stay beside a new mask);
+2. *stage*: every file is written into a hidden folder beside the outputs (``.<case>.json.<random>.tmp``);
+3. *publish*: the staged files are renamed into place, the sidecar last.
+
+Optional outputs never cost the primary one: a per-class mask, probability file, uncertainty map,
+instance map or DICOM-SEG that cannot be written is left out, its reason goes to the sidecar's
+``not_written`` (and, for the SEG, ``dicom_seg.reason``) and to one warning line; the mask and sidecar
+are still published. `--skip-existing` trusts a case only when its sidecar names every file it lists
+as present and the model that made it is the one running (:func:`incomplete_reason`).
+
 The sidecar holds no patient identifiers: no names, IDs, dates or source paths, only the case
 name the user's file was given, geometry, per-label volumes and the model's id.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.io.atomic import TEMPORARY_NAME_LIMIT, atomic_path, write_json
+from medseg.data.parallel import describe_error
+from medseg.errors import InputError
+from medseg.io.atomic import TEMPORARY_NAME_LIMIT, write_json
 from medseg.io.readers import write_label_map, write_volume
 from medseg.io.volume import Volume
 
@@ -64,6 +83,10 @@ class OutputPaths:
         return self.mask.with_name(self.mask.name[: -len(mask_suffix)] + tail + (mask_suffix if suffix is None else suffix))
 
     @property
+    def folder(self) -> Path:
+        return self.mask.parent
+
+    @property
     def dicom_seg(self) -> Path:
         return self._beside_mask("_seg", ".dcm")
 
@@ -83,11 +106,14 @@ class OutputPaths:
     def lesions(self) -> Path:
         return self._beside_mask(LESIONS_SUFFIX, ".json")
 
+    def files(self) -> tuple[Path, ...]:
+        """Every single file this case may write beside the mask (the per-class folder aside), the sidecar last."""
+        return (self.mask, self.probabilities, self.dicom_seg, self.entropy, self.mutual_information, self.instances, self.lesions, self.sidecar)
+
     def names(self) -> list[str]:
         """Every name this case writes in the output folder (files, and the per-class folder), as
-        :func:`medseg.io.atomic.leftover_temporaries` keys them."""
-        files = (self.mask, self.sidecar, self.probabilities, self.dicom_seg, self.entropy, self.mutual_information, self.instances, self.lesions)
-        return [p.name[:TEMPORARY_NAME_LIMIT] for p in files] + [self.per_class_dir.name]
+        :func:`medseg.io.atomic.leftover_temporaries` keys them (the staging folder is keyed by the sidecar's name)."""
+        return [p.name[:TEMPORARY_NAME_LIMIT] for p in self.files()] + [self.per_class_dir.name]
 
 
 def safe_name(name: str) -> str:
@@ -105,84 +131,237 @@ def output_paths(out: Path, case: str, single_file: bool = False) -> OutputPaths
     return OutputPaths(out / f"{case}.nii.gz", out / f"{case}.json", out / case, out / f"{case}_probabilities.npz")
 
 
-def _write_probabilities(probabilities: np.ndarray, reference: Volume, channel_names: list[str], path: Path, compress: bool) -> None:
-    save = np.savez_compressed if compress else np.savez
-    with atomic_path(path) as temporary:
-        save(temporary, probabilities=probabilities, affine=reference.affine, labels=np.array(channel_names))
+@dataclass(frozen=True)
+class OptionalOutput:
+    """One output the user asked for beside the mask. ``write`` writes it at the staged paths it is given
+    (``staged(final) -> path in the staging folder``) and returns the final paths it wrote, plus an
+    optional JSON-able record for the sidecar (under ``key``'s record, e.g. the SEG's segments)."""
+
+    key: str  # its name in the sidecar: "per_class", "probabilities", "uncertainty", "instances", "dicom_seg"
+    write: Callable[[Callable[[Path], Path]], tuple[list[Path], dict[str, Any] | None]]
 
 
-def _write_uncertainty(maps: UncertaintyMaps, reference: Volume, paths: OutputPaths, written: list[Path]) -> None:
-    """float32 maps with the mask's grid and header (image role: they are values, not labels); appended to ``written`` as they appear."""
-    for values, path in ((maps.entropy, paths.entropy), (maps.mutual_information, paths.mutual_information)):
-        if values is not None:
-            write_volume(reference.with_array(np.asarray(values, dtype=np.float32), role="image"), path)
-            written.append(path)
+@dataclass
+class CaseWrite:
+    """What a case transaction published (final paths, the sidecar last) and the optional outputs it left out, with why."""
+
+    files: list[Path]
+    not_written: dict[str, str] = field(default_factory=dict)
 
 
-def _write_instances(instance_map: np.ndarray, document: dict[str, Any], reference: Volume, paths: OutputPaths, written: list[Path]) -> None:
+# ---------------------------------------------------------------- the optional outputs medseg infer writes
+
+
+def per_class_output(labels: np.ndarray, reference: Volume, names: dict[int, str], paths: OutputPaths) -> OptionalOutput:
+    def write(staged: Callable[[Path], Path]) -> tuple[list[Path], None]:
+        finals = [paths.per_class_dir / f"{safe_name(name)}.nii.gz" for index, name in sorted(names.items()) if index != 0]
+        staged(paths.per_class_dir).mkdir(exist_ok=True)
+        for index, final in zip((k for k in sorted(names) if k != 0), finals):
+            write_label_map((labels == index).view(np.uint8), reference, staged(final))
+        return finals, None
+
+    return OptionalOutput("per_class", write)
+
+
+def probabilities_output(probabilities: np.ndarray, reference: Volume, channel_names: list[str], paths: OutputPaths,
+                         compress: bool) -> OptionalOutput:
+    def write(staged: Callable[[Path], Path]) -> tuple[list[Path], None]:
+        save = np.savez_compressed if compress else np.savez
+        with open(staged(paths.probabilities), "wb") as handle:  # a file object: numpy adds no ".npz" of its own
+            save(handle, probabilities=probabilities, affine=reference.affine, labels=np.array(channel_names))
+        return [paths.probabilities], None
+
+    return OptionalOutput("probabilities", write)
+
+
+def uncertainty_output(maps: UncertaintyMaps, reference: Volume, paths: OutputPaths) -> OptionalOutput:
+    """float32 maps with the mask's grid and header (image role: they are values, not labels)."""
+
+    def write(staged: Callable[[Path], Path]) -> tuple[list[Path], None]:
+        finals = []
+        for values, final in ((maps.entropy, paths.entropy), (maps.mutual_information, paths.mutual_information)):
+            if values is not None:
+                write_volume(reference.with_array(np.asarray(values, dtype=np.float32), role="image"), staged(final))
+                finals.append(final)
+        return finals, None
+
+    return OptionalOutput("uncertainty", write)
+
+
+def instances_output(instance_map: np.ndarray, document: dict[str, Any], reference: Volume, paths: OutputPaths) -> OptionalOutput:
     """The uint16 instance map with the mask's grid and header, then its records (naming the map's file)."""
-    if instance_map.shape != reference.shape:
-        raise ValueError(f"instance map {instance_map.shape} is not on the input grid {reference.shape}")
-    write_volume(reference.with_array(instance_map.astype(np.uint16, copy=False), role="label"), paths.instances)
-    written.append(paths.instances)
-    write_json(paths.lesions, document | {"instance_map": paths.instances.name}, make_parents=False)
-    written.append(paths.lesions)
+
+    def write(staged: Callable[[Path], Path]) -> tuple[list[Path], None]:
+        if instance_map.shape != reference.shape:
+            raise ValueError(f"instance map {instance_map.shape} is not on the input grid {reference.shape}")
+        write_volume(reference.with_array(instance_map.astype(np.uint16, copy=False), role="label"), staged(paths.instances))
+        write_json(staged(paths.lesions), document | {"instance_map": paths.instances.name}, make_parents=False)
+        return [paths.instances, paths.lesions], None
+
+    return OptionalOutput("instances", write)
 
 
-def write_case(
-    labels: np.ndarray,
-    reference: Volume,
-    names: dict[int, str],
-    sidecar: dict[str, Any],
-    paths: OutputPaths,
-    *,
-    per_class: bool = False,
-    probabilities: np.ndarray | None = None,
-    compress_probabilities: bool = True,
-    extras: Sequence[Callable[[], Path]] = (),
-    probability_names: list[str] | None = None,
-    uncertainty: UncertaintyMaps | None = None,
-    instances: tuple[np.ndarray, dict[str, Any]] | None = None,
-) -> list[Path]:
-    """Write every output of one case (``extras`` such as a DICOM-SEG after the mask, the sidecar last); on failure remove what was written."""
-    written: list[Path] = []
+# ---------------------------------------------------------------- the transaction
+
+
+def _old_sidecar(paths: OutputPaths) -> dict[str, Any] | None:
     try:
-        write_label_map(labels, reference, paths.mask)
-        written.append(paths.mask)
-        if per_class:
-            paths.per_class_dir.mkdir(parents=True, exist_ok=True)
-            for index, name in sorted(names.items()):
-                if index == 0:
-                    continue
-                target = paths.per_class_dir / f"{safe_name(name)}.nii.gz"
-                write_label_map((labels == index).view(np.uint8), reference, target)
-                written.append(target)
-        if probabilities is not None:
-            channel_names = probability_names or [names[k] for k in sorted(names)]
-            _write_probabilities(probabilities, reference, channel_names, paths.probabilities, compress_probabilities)
-            written.append(paths.probabilities)
-        if uncertainty is not None:
-            _write_uncertainty(uncertainty, reference, paths, written)
-        if instances is not None:
-            _write_instances(*instances, reference, paths, written)
-        for extra in extras:
-            written.append(extra())
-        sidecar = dict(sidecar)
-        sidecar["outputs"] = {"mask": paths.mask.name,
-                              "per_class": [str(p.relative_to(paths.mask.parent)) for p in written if p.parent == paths.per_class_dir],
-                              "probabilities": paths.probabilities.name if probabilities is not None else None,
-                              "dicom_seg": paths.dicom_seg.name if paths.dicom_seg in written else None}
-        if uncertainty is not None:
-            sidecar["outputs"] |= {"entropy": paths.entropy.name,
-                                   "mutual_information": paths.mutual_information.name if paths.mutual_information in written else None}
-        if instances is not None:
-            sidecar["outputs"] |= {"instances": paths.instances.name, "lesions": paths.lesions.name}
-        write_json(paths.sidecar, sidecar, make_parents=False)
-        written.append(paths.sidecar)
-    except BaseException:
-        for path in written:
+        document = json.loads(paths.sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _listed_files(document: dict[str, Any], paths: OutputPaths) -> list[Path] | None:
+    """The files a sidecar vouches for, as paths in the case's folder (None: it lists none; older medseg: its outputs)."""
+    names = document.get("files")
+    if not isinstance(names, list):
+        outputs = document.get("outputs")
+        if not isinstance(outputs, dict):
+            return None
+        names = [value for value in outputs.values() if isinstance(value, str)]
+        names += [item for value in outputs.values() if isinstance(value, list) for item in value if isinstance(item, str)]
+    return [paths.folder / name for name in names if isinstance(name, str)]
+
+
+def _own_per_class_files(paths: OutputPaths, names: Iterable[str], old: dict[str, Any] | None) -> set[Path]:
+    """Per-class masks of this case: this model's label files and any the old sidecar listed, never other files of that folder."""
+    own = {paths.per_class_dir / f"{safe_name(name)}.nii.gz" for name in names}
+    for listed in (_listed_files(old, paths) or []) if old else []:
+        if listed.parent == paths.per_class_dir:
+            own.add(listed)
+    return own
+
+
+def retire_case(paths: OutputPaths, label_names: Iterable[str] = ()) -> None:
+    """Remove a case's previous outputs, its sidecar first: from then on no old sidecar vouches for a new or missing file."""
+    old = _old_sidecar(paths)
+    paths.sidecar.unlink(missing_ok=True)
+    for path in paths.files():
+        path.unlink(missing_ok=True)
+    if paths.per_class_dir.is_dir():
+        for path in _own_per_class_files(paths, label_names, old):
             path.unlink(missing_ok=True)
-        if per_class and paths.per_class_dir.is_dir() and not any(paths.per_class_dir.iterdir()):
+        with contextlib.suppress(OSError):  # not empty: the folder holds files medseg did not write
+            paths.per_class_dir.rmdir()
+
+
+def incomplete_reason(paths: OutputPaths, model_id: str | None = None) -> str | None:
+    """Why a case's outputs cannot be trusted as complete (None: they can). ``--skip-existing`` skips only those."""
+    if not paths.sidecar.is_file():
+        return "no sidecar"
+    document = _old_sidecar(paths)
+    if document is None:
+        return f"its sidecar {paths.sidecar.name} is not readable JSON"
+    listed = _listed_files(document, paths)
+    if not listed:
+        return f"its sidecar {paths.sidecar.name} names no files"
+    missing = [path.name for path in listed if not path.is_file()]
+    if missing:
+        return f"its sidecar names {missing[0]}, which is missing"
+    made_by = (document.get("model") or {}).get("id") if isinstance(document.get("model"), dict) else None
+    if model_id is not None and made_by != model_id:
+        return f"it was made by model {made_by}, not by {model_id}"
+    return None
+
+
+def _staging_folder(paths: OutputPaths) -> Path:
+    """A hidden folder beside the outputs, named so :func:`medseg.io.atomic.leftover_temporaries` keys it by the sidecar."""
+    return Path(tempfile.mkdtemp(prefix=f".{paths.sidecar.name[:TEMPORARY_NAME_LIMIT]}.", suffix=".tmp", dir=paths.folder))
+
+
+def _stage_optional(output: OptionalOutput, staged: Callable[[Path], Path], case: str) -> tuple[list[Path], dict | None, str | None]:
+    try:
+        finals, record = output.write(staged)
+        return finals, record, None
+    except Exception as error:  # an optional output never costs the mask: recorded, warned, left out
+        reason = _reason(error)
+        log.warning("%s: %s not written: %s", case, output.key.replace("_", "-"), reason)
+        log.debug("writing %s of %s failed", output.key, case, exc_info=error)
+        return [], None, reason
+
+
+def _reason(error: Exception) -> str:
+    """One line for the sidecar and the log: a file named by its name only (folders can hold patient names)."""
+    if isinstance(error, InputError) and error.path is not None:
+        return f"{error.path.name}: {error.problem}"
+    return describe_error(error)
+
+
+def _publish(staging: Path, finals: list[Path], paths: OutputPaths) -> list[Path]:
+    """Rename staged files into place (per-class files into their folder); on failure take back what moved."""
+    published: list[Path] = []
+    try:
+        for final in finals:
+            if final.parent == paths.per_class_dir:
+                final.parent.mkdir(exist_ok=True)
+            os.replace(staging / final.relative_to(paths.folder), final)
+            published.append(final)
+    except BaseException:
+        for path in published:
+            path.unlink(missing_ok=True)
+        raise
+    return published
+
+
+def write_case(labels: np.ndarray, reference: Volume, names: dict[int, str], sidecar: dict[str, Any], paths: OutputPaths,
+               optional: Iterable[OptionalOutput] = ()) -> CaseWrite:
+    """Retire the case's old outputs, stage the mask and every optional output, publish them, the sidecar last.
+
+    The mask and the sidecar are the case: if either fails, nothing of the case is left (and the error
+    is raised). An optional output that fails is left out and recorded (:class:`CaseWrite.not_written`).
+    """
+    retire_case(paths, names.values())
+    staging = _staging_folder(paths)
+    published: list[Path] = []
+    try:
+
+        def staged(final: Path) -> Path:
+            return staging / final.relative_to(paths.folder)
+
+        write_label_map(labels, reference, staged(paths.mask))
+        finals, records, not_written = [paths.mask], {}, {}
+        for output in optional:
+            written, record, reason = _stage_optional(output, staged, sidecar.get("case", paths.mask.name))
+            finals += written
+            if reason is not None:
+                not_written[output.key] = reason
+            elif record is not None:
+                records[output.key] = record
+        published = _publish(staging, finals, paths)
+        document = _sidecar_document(sidecar, paths, finals, records, not_written)
+        write_json(paths.sidecar, document, make_parents=False)
+    except BaseException:
+        for path in published:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
             paths.per_class_dir.rmdir()
         raise
-    return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CaseWrite([*finals, paths.sidecar], not_written)
+
+
+def _sidecar_document(sidecar: dict[str, Any], paths: OutputPaths, finals: list[Path], records: dict[str, dict],
+                      not_written: dict[str, str]) -> dict[str, Any]:
+    """The sidecar: what the segmenter measured, plus the files it vouches for and the optional outputs left out."""
+    written = set(finals)
+    document = dict(sidecar)
+    document["outputs"] = {
+        "mask": paths.mask.name,
+        "per_class": [str(p.relative_to(paths.folder)) for p in finals if p.parent == paths.per_class_dir],
+        "probabilities": paths.probabilities.name if paths.probabilities in written else None,
+        "dicom_seg": paths.dicom_seg.name if paths.dicom_seg in written else None,
+    }
+    if "uncertainty" in document or paths.entropy in written:
+        document["outputs"] |= {"entropy": paths.entropy.name if paths.entropy in written else None,
+                                "mutual_information": paths.mutual_information.name if paths.mutual_information in written else None}
+    if "instances" in document or paths.instances in written:
+        document["outputs"] |= {"instances": paths.instances.name if paths.instances in written else None,
+                                "lesions": paths.lesions.name if paths.lesions in written else None}
+    if "dicom_seg" in records or "dicom_seg" in not_written:
+        document["dicom_seg"] = {"file": document["outputs"]["dicom_seg"], **(records.get("dicom_seg") or {}),
+                                 "reason": not_written.get("dicom_seg")}
+    document["not_written"] = dict(not_written)
+    document["files"] = [str(p.relative_to(paths.folder)) for p in finals]
+    return document

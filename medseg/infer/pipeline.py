@@ -7,15 +7,17 @@ warmed up while the first case is read.
 
 Archive scale: ``shard=(k, n)`` keeps the cases whose name hashes to ``k`` of ``n`` (stable whatever
 order or machine lists them), so ``n`` processes or SLURM array tasks split an archive without
-talking to each other; ``skip_existing`` skips cases whose sidecar is already there. The sidecar is
-written last, so a case interrupted by a kill has no sidecar and is simply redone; outputs are
-written atomically, so no half-written file is ever left. Each run writes a JSON summary
-(``infer_summary.json``, or ``infer_summary_shard_k_of_n.json``).
+talking to each other; ``skip_existing`` skips cases whose outputs are complete and current. Each
+case is written as one transaction (:func:`medseg.infer.outputs.write_case`: old sidecar retired
+first, files staged, published together, the sidecar last), so a case interrupted by a kill has no
+sidecar and is simply redone, and a temporary or staging folder it left is removed on the next run.
+Each run writes a JSON summary (``infer_summary.json``, or ``infer_summary_shard_k_of_n.json``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -30,7 +32,18 @@ from medseg.errors import ConfigError, InputError, MedsegError
 from medseg.infer.config import InferConfig
 from medseg.infer.inputs import CaseSource, discover_cases
 from medseg.infer.model import LoadedModel
-from medseg.infer.outputs import MASK_SUFFIXES, output_paths, write_case
+from medseg.infer.outputs import (
+    MASK_SUFFIXES,
+    OptionalOutput,
+    OutputPaths,
+    incomplete_reason,
+    instances_output,
+    output_paths,
+    per_class_output,
+    probabilities_output,
+    uncertainty_output,
+    write_case,
+)
 from medseg.infer.progress import InferProgress
 from medseg.infer.segmenter import CasePrediction, PreparedCase, Segmenter
 from medseg.io.atomic import leftover_temporaries, write_json
@@ -42,6 +55,7 @@ log = logging.getLogger(__name__)
 class InferReport:
     outputs: dict[str, list[Path]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    not_written: dict[str, dict[str, str]] = field(default_factory=dict)  # case -> optional output -> why it was left out
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -111,19 +125,26 @@ def _single_file_output(out: Path) -> bool:
 
 
 def _select(cases: list[CaseSource], out: Path, single_file: bool, shard: tuple[int, int] | None, skip_existing: bool,
-            report: InferReport) -> list[CaseSource]:
+            report: InferReport, model_id: str) -> list[CaseSource]:
     chosen = []
     leftovers = leftover_temporaries(out.parent if single_file else out)
     for case in cases:
         if not in_shard(case.name, shard):
             continue
         paths = output_paths(out, case.name, single_file)
-        if skip_existing and paths.sidecar.is_file():
-            report.skipped.append(case.name)
-            continue
+        if skip_existing:
+            reason = incomplete_reason(paths, model_id)
+            if reason is None:
+                report.skipped.append(case.name)
+                continue
+            if reason != "no sidecar":
+                log.info("%s: redone (%s)", case.name, reason)
         for stale in (t for name in paths.names() for t in leftovers.get(name, [])):  # this case's own: never other shards'
             log.info("removing %s, left by an interrupted run", stale.name)
-            stale.unlink(missing_ok=True)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         chosen.append(case)
     return chosen
 
@@ -139,30 +160,48 @@ class _Writer:
     def submit(self, prediction: CasePrediction, case: CaseSource, series: str | None) -> None:
         self.pending.append((prediction.name, self.pool.submit(self._write, prediction, case, series)))
 
-    def _dicom_seg(self, prediction: CasePrediction, case: CaseSource, series: str | None, target: Path) -> Callable[[], Path]:
-        from medseg.io.dicom_seg import AlgorithmInfo, write_dicom_seg
-
+    def _dicom_seg(self, prediction: CasePrediction, case: CaseSource, series: str | None, paths: OutputPaths) -> OptionalOutput:
         model = self.segmenter.model
 
-        def write() -> Path:
-            write_dicom_seg(prediction.reference.with_array(prediction.labels, role="label"), model.labels, case.where, target,
-                            algorithm=AlgorithmInfo.from_model_id(model.model_id()), series=series,
-                            segmentation_type=self.segmenter.config.dicom_seg_type)
-            return target
+        def write(staged: Callable[[Path], Path]) -> tuple[list[Path], dict]:
+            from medseg.io.dicom_seg import AlgorithmInfo, write_dicom_seg
 
-        return write
+            if not case.dicom:
+                raise InputError(case.where, "not a DICOM series, so there is no series for a DICOM-SEG to reference")
+            result = write_dicom_seg(prediction.reference.with_array(prediction.labels, role="label"), model.labels, case.where,
+                                     staged(paths.dicom_seg), algorithm=AlgorithmInfo.from_model_id(model.model_id()), series=series,
+                                     segmentation_type=self.segmenter.config.dicom_seg_type)
+            return [paths.dicom_seg], {"segments": {str(segment.number): segment.name for segment in result.segments}}
+
+        return OptionalOutput("dicom_seg", write)
+
+    def _optional(self, prediction: CasePrediction, case: CaseSource, series: str | None, paths: OutputPaths) -> list[OptionalOutput]:
+        """The outputs asked for beside the mask, in the order they are staged."""
+        config, model = self.segmenter.config, self.segmenter.model
+        optional = []
+        if config.per_class:
+            optional.append(per_class_output(prediction.labels, prediction.reference, model.labels, paths))
+        if prediction.probabilities is not None:
+            channel_names = model.probability_names or [model.labels[k] for k in sorted(model.labels)]
+            optional.append(probabilities_output(prediction.probabilities, prediction.reference, channel_names, paths,
+                                                 config.compress_probabilities))
+        if prediction.uncertainty is not None:
+            optional.append(uncertainty_output(prediction.uncertainty, prediction.reference, paths))
+        instances = self.segmenter.instance_outputs(prediction)
+        if instances is not None:
+            optional.append(instances_output(*instances, prediction.reference, paths))
+        if config.dicom_seg:
+            optional.append(self._dicom_seg(prediction, case, series, paths))
+        return optional
 
     def _write(self, prediction: CasePrediction, case: CaseSource, series: str | None) -> list[Path]:
-        config = self.segmenter.config
         prediction.timings["total"] = sum(prediction.timings.values())  # compute time; reading overlaps the previous case
         paths = output_paths(self.out, prediction.name, self.single_file)
-        extras = [self._dicom_seg(prediction, case, series, paths.dicom_seg)] if config.dicom_seg and case.dicom else []
-        if config.dicom_seg and not case.dicom:
-            log.info("%s: not a DICOM series, so no DICOM-SEG (--dicom-seg needs the source series to reference)", case.name)
-        return write_case(prediction.labels, prediction.reference, self.segmenter.model.labels, self.segmenter.sidecar(prediction), paths,
-                          per_class=config.per_class, probabilities=prediction.probabilities, compress_probabilities=config.compress_probabilities,
-                          extras=extras, probability_names=self.segmenter.model.probability_names, uncertainty=prediction.uncertainty,
-                          instances=self.segmenter.instance_outputs(prediction))
+        written = write_case(prediction.labels, prediction.reference, self.segmenter.model.labels, self.segmenter.sidecar(prediction), paths,
+                             self._optional(prediction, case, series, paths))
+        if written.not_written:
+            self.report.not_written[prediction.name] = written.not_written
+        return written.files
 
     def close(self) -> None:
         for name, future in self.pending:
@@ -242,7 +281,7 @@ def infer(
         raise InputError(out, "exists and is not a folder; give an output folder (or a .nii.gz name for one case)")
     (out.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     report = InferReport()
-    cases = _select(discovery.cases, out, single_file, shard, skip_existing, report)
+    cases = _select(discovery.cases, out, single_file, shard, skip_existing, report, segmenter.model.model_id()["id"])
     segmenter.expected_cases = max(len(cases), 1)
     _run_cases(segmenter, cases, series, _Writer(segmenter, out, single_file, report), report, progress)
     report.seconds = time.perf_counter() - started
@@ -250,6 +289,7 @@ def infer(
         write_json(summary_path(out, shard), {
             "shard": None if shard is None else {"index": shard[0], "count": shard[1]}, "model": segmenter.model.model_id(),
             "written": sorted(report.outputs), "skipped_existing": sorted(report.skipped), "failed": report.failed,
+            "not_written": dict(sorted(report.not_written.items())),
             "seconds": round(report.seconds, 2)})
     if report.failed:
         raise InferFailures(report)

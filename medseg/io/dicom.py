@@ -10,7 +10,9 @@ Files without the marker (notes, thumbnails, random bytes) are skipped. A file *
 whose header cannot be parsed is refused when a series is read: it may be one of its slices, and
 silently reading the series one slice short is worse than an error. Likewise an image without
 ImagePositionPatient/ImageOrientationPatient inside a series of placed slices is refused, naming
-it; only series made entirely of such images (secondary captures, screenshots) are skipped.
+it; only series made entirely of such images (secondary captures, screenshots) are skipped. A series
+whose slices name two modalities (CT and MR under one SeriesInstanceUID) is refused, naming the
+first slice of the second one: stacked, it would be one volume in two kinds of units.
 
 Stacking, checks and geometry of classic slices live in :mod:`medseg.io.dicom_series`, Siemens
 mosaics in :mod:`medseg.io.dicom_mosaic`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,8 +241,23 @@ def _read_full(path: Path) -> pydicom.Dataset:
         raise InputError(path, f"not a readable DICOM file ({detail})") from error
 
 
+def check_one_modality(paths: list[Path], datasets: list[pydicom.Dataset]) -> None:
+    """One series, one modality: CT and MR slices under one SeriesInstanceUID would stack into one volume of mixed units.
+
+    Slices without a Modality say nothing and pass; the first slice naming another modality than the first is refused.
+    """
+    named = [(path, str(ds.get("Modality", "") or "").strip()) for path, ds in zip(paths, datasets)]
+    named = [(path, modality) for path, modality in named if modality]
+    odd = next((item for item in named if item[1] != named[0][1]), None)
+    if odd is not None:
+        tally = ", ".join(f"{count} {modality}" for modality, count in Counter(modality for _, modality in named).items())
+        raise InputError(odd[0], f"Modality is {odd[1]} but {named[0][0].name} of the same series is {named[0][1]}: one series "
+                                 f"mixes modalities ({tally} slices); split them into separate series")
+
+
 def _volume_from_files(paths: list[Path], source: Path, interpolation: Interpolation = "linear") -> Volume:
     datasets = [_read_full(path) for path in paths]
+    check_one_modality(paths, datasets)
     for path, ds in zip(paths, datasets):
         frames = _frames(ds)
         if frames > 1 or "SharedFunctionalGroupsSequence" in ds:

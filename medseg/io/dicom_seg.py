@@ -16,14 +16,29 @@ file meta (MediaStorageSOPInstanceUID/MediaStorageSOPClassUID), and an empty Stu
 InstanceUID is replaced by one derived from the instance UIDs, with a warning. Derived, not
 random: every SEG written for the same broken series then lands in the same study and series.
 
-Segments are numbered 1..N in label order (BINARY segmentations need consecutive numbers); each
-segment's SegmentDescription keeps the label's index and its SegmentLabel the label's name.
-Codes come from :mod:`medseg.io.segment_codes`.
+The series is taken as medseg's reader takes it: exact duplicate files (a copied file in a PACS
+export) are dropped by the reader's own rule (:func:`medseg.io.dicom_series.sorted_unique_slices`),
+so a mask read from a series always has a SEG. Slices that share one SOPInstanceUID (bad
+anonymisation) are refused: the SEG's per-frame references to them would be ambiguous.
+
+Segment numbers are stable per model: every label the label map names is a segment, present in
+this mask or not, numbered 1..N in label order, so segment k means the same structure in every SEG
+of a model (tools that key on the number never mislabel). DICOM wants Segment Numbers 1..N without
+gaps (PS3.3 C.8.20.2), so a map with gaps (BraTS' 1, 2, 4) gives segments 1, 2, 3; each segment's
+SegmentDescription keeps the label's value ("label 4: ...") and its SegmentLabel the label's name.
+A segment without voxels is valid DICOM: it is described in the Segment Sequence and has no frames
+(BINARY: highdicom omits the empty frames of each segment; LABELMAP: its value does not occur), and
+dciodvfy reports no error for it. A mask with no labelled voxel at all (a negative study) is
+refused with :class:`EmptyMaskError`, nothing written: a SEG cannot omit every frame, so highdicom
+would store every frame of every segment as zeros (BINARY: 117 segments x 20 slices = 2340 empty
+frames, 78 MB, for TotalSegmentator's map on its 20-slice CT) to segment nothing; the caller records
+the reason instead (the case's sidecar). Codes come from :mod:`medseg.io.segment_codes`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,11 +47,11 @@ import numpy as np
 import pydicom
 
 from medseg import __version__
-from medseg.errors import InputError
+from medseg.errors import InputError, brief
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom import select_series
+from medseg.io.dicom import check_one_modality, select_series
 from medseg.io.dicom_grid import RegularGrid, sample_source_frames
-from medseg.io.dicom_series import DUPLICATE_TOLERANCE_MM, single_slice_step, sorted_stack, spacing_tolerance, stack_grid, tilt_tag_of
+from medseg.io.dicom_series import single_slice_step, sorted_unique_slices, spacing_tolerance, stack_grid, tilt_tag_of
 from medseg.io.geometry import affine_from_lps, corner_points, orientation_code, spacing_from_affine, voxel_to_world
 from medseg.io.segment_codes import SegmentCoding, code_for_label
 from medseg.io.volume import Volume
@@ -47,6 +62,14 @@ SegmentationType = Literal["binary", "labelmap"]
 #: Patient/study attributes highdicom copies from the source; type 2 (may be empty) when absent.
 _COPIED_EMPTY_OK = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
                     "StudyTime", "ReferringPhysicianName")
+
+
+class EmptyMaskError(InputError):
+    """The mask has no labelled voxel (a negative study): nothing to write, so no SEG (see the module doc).
+
+    An :class:`InputError` like every refusal, its own type so a caller can record "no SEG: empty mask"
+    rather than a failure.
+    """
 
 
 @dataclass
@@ -80,10 +103,14 @@ class WrittenSegment:
 @dataclass
 class SegWriteResult:
     path: Path
-    segments: list[WrittenSegment]
-    skipped: list[str]  # label names without voxels
+    segments: list[WrittenSegment]  # every label the map names, numbered 1..N in label order, empty ones included
     generated_uids: list[str]  # attributes that had to be generated (badly anonymised source)
     frames_referenced: int
+
+    @property
+    def empty(self) -> list[str]:
+        """Names of the segments without voxels (described in the SEG, without frames)."""
+        return [segment.name for segment in self.segments if segment.voxels == 0]
 
 
 @dataclass
@@ -161,10 +188,12 @@ def load_reference_series(folder: str | Path, series: str | int | None = None) -
     if info.mosaic_tiles:
         raise InputError(folder, "Siemens mosaic series are not supported for DICOM-SEG output (one file holds many slices)")
     datasets = _read_headers(info.files)
+    check_one_modality(info.files, datasets)  # the reader's own refusal, so the writer accepts what the reader accepts
     _check_frames(datasets, tuple(datasets[0].ImageOrientationPatient), folder)
-    files, datasets, stack = sorted_stack(info.files, datasets)
-    if len(datasets) > 1 and np.diff(stack.positions).min() < DUPLICATE_TOLERANCE_MM:
-        raise InputError(folder, "duplicate slice positions: the series holds several volumes; a SEG references one volume")
+    files, datasets, stack, notes = sorted_unique_slices(info.files, datasets, folder, _pixel_data_of_file)
+    for note in notes:
+        log.info("%s: %s; the SEG references the copy kept, as the reader reads it", folder, note)
+    _check_unique_instances(files, datasets, folder)
     grid = None
     if len(datasets) > 1:  # the reader's own decision, so the mask of a tilted or uneven series is on this grid
         step, _, grid, _ = stack_grid(stack, files, folder, tilt_tag_of(datasets[0]))
@@ -178,6 +207,27 @@ def load_reference_series(folder: str | Path, series: str | int | None = None) -
         shape = (stack.columns, stack.rows, len(datasets))
     generated = _patch_series_uids(datasets, folder)
     return ReferenceSeries(datasets, affine, shape, generated, folder, grid)
+
+
+def _pixel_data_of_file(path: Path, _header: pydicom.Dataset) -> bytes | None:
+    """Encoded pixel data, read only for slices that share a position (headers are read without pixels)."""
+    try:
+        return pydicom.dcmread(path).get("PixelData")
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise InputError(path, f"not a readable DICOM file ({brief(error, 160)})") from error
+
+
+def _check_unique_instances(files: list[Path], datasets: list[pydicom.Dataset], folder: Path) -> None:
+    """Every slice its own SOPInstanceUID, else the SEG's per-frame source references would be ambiguous."""
+    by_uid: dict[str, list[Path]] = defaultdict(list)
+    for path, ds in zip(files, datasets):
+        by_uid[_uid(ds, "SOPInstanceUID")].append(path)
+    shared = [paths for paths in by_uid.values() if len(paths) > 1]
+    if shared:
+        example = ", ".join(path.name for path in shared[0][:2])
+        raise InputError(folder, f"{sum(len(paths) for paths in shared)} of the series' {len(datasets)} slices share "
+                                 f"{len(shared)} SOPInstanceUID(s) (e.g. {example}; badly anonymised?): a SEG's per-frame "
+                                 f"references to them would be ambiguous; give every slice its own SOPInstanceUID")
 
 
 def _check_frames(datasets, orientation, folder: Path) -> None:
@@ -264,19 +314,22 @@ def _segment_description(segment: WrittenSegment, algorithm: AlgorithmInfo):
     return description
 
 
-def plan_segments(frames: np.ndarray, labels: dict[int, str], source: str | Path) -> tuple[list[WrittenSegment], list[str]]:
-    """Segments for the labels that have voxels (numbered 1..N in label order), and the names skipped."""
-    counts = np.bincount(frames.ravel(), minlength=max(labels, default=0) + 1)
+def plan_segments(frames: np.ndarray, labels: dict[int, str], source: str | Path) -> list[WrittenSegment]:
+    """One segment per named label, present or not, numbered 1..N in label order (stable per model, see module doc)."""
+    named = sorted(int(k) for k in labels if int(k) > 0)
+    if not named:
+        raise InputError(source, f"the label map names no label above 0 (it names {sorted(labels)[:20]}): a DICOM-SEG needs a segment")
+    if frames.min() < 0:
+        raise InputError(source, f"mask holds negative label value(s), e.g. {int(frames.min())}: label values are 0 (background) or above")
+    counts = np.bincount(frames.ravel(), minlength=named[-1] + 1)
     unnamed = [int(v) for v in np.flatnonzero(counts) if v != 0 and v not in labels]
     if unnamed:
-        raise InputError(source, f"mask holds label value(s) {unnamed[:10]} that the label map does not name (it names {sorted(labels)[:20]})")
-    present = [k for k in sorted(labels) if k != 0 and counts[k] > 0]
-    skipped = [labels[k] for k in sorted(labels) if k != 0 and counts[k] == 0]
-    if not present:
-        raise InputError(source, "mask has no labelled voxels: a DICOM-SEG needs at least one segment")
-    segments = [WrittenSegment(number, label, labels[label], code_for_label(labels[label]), int(counts[label]))
-                for number, label in enumerate(present, start=1)]
-    return segments, skipped
+        raise InputError(source, f"mask holds label value(s) {unnamed[:10]} that the label map does not name (it names {named[:20]})")
+    if not counts[1:].any():
+        raise EmptyMaskError(source, f"mask has no labelled voxels (none of the {len(named)} labels the map names): no DICOM-SEG "
+                                     f"written, as it would segment nothing")
+    return [WrittenSegment(number, label, labels[label], code_for_label(labels[label]), int(counts[label]))
+            for number, label in enumerate(named, start=1)]
 
 
 def write_dicom_seg(
@@ -294,13 +347,15 @@ def write_dicom_seg(
     """Write ``mask`` (label values named by ``labels``, 0 = background) as one SEG of the series in ``series_dir``.
 
     The mask must be on the series' grid (as `medseg infer` and `medseg convert` write it), in any
-    axis order; ``series`` picks a series by UID or index when the folder holds several. Labels
-    without voxels are skipped (listed in the result); an empty mask, an unnamed label value or
-    a grid mismatch raise :class:`InputError` before anything is written. The file is written
-    atomically. ``segmentation_type="binary"`` (1 bit per voxel and segment, uncompressed: the SEG
-    every viewer reads) or ``"labelmap"``: the newer Label Map SEG class, one RLE-compressed frame
-    per slice (on the 20-slice, 31-segment TotalSegmentator CT: 0.5 s and 0.2 MB against 3.7 s and
-    17 MB), which fewer viewers read yet.
+    axis order; ``series`` picks a series by UID or index when the folder holds several. Every label
+    ``labels`` names is a segment, numbered 1..N in label order, with voxels or not
+    (:attr:`SegWriteResult.empty` lists those without); an unnamed label value or a grid mismatch
+    raise :class:`InputError`, a mask without labelled voxels :class:`EmptyMaskError`, before
+    anything is written. The file is written atomically. ``segmentation_type="binary"`` (1 bit per
+    voxel and segment, uncompressed: the SEG every viewer reads) or ``"labelmap"``: the newer Label
+    Map SEG class, one RLE-compressed frame per slice (on the 20-slice TotalSegmentator CT, 117
+    segments of which 31 hold voxels: 0.2 MB against 17 MB), which fewer viewers read yet, and
+    which the 2022 dicom3tools' dciodvfy does not know.
     """
     import highdicom as hd
 
@@ -309,8 +364,8 @@ def write_dicom_seg(
     algorithm = algorithm or AlgorithmInfo()
     reference = load_reference_series(series_dir, series)
     frames = frames_in_series_order(mask, reference)
-    segments, skipped = plan_segments(frames, labels, mask.meta.get("source", "mask"))
-    lookup = np.zeros(int(frames.max()) + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
+    segments = plan_segments(frames, labels, mask.meta.get("source", "mask"))
+    lookup = np.zeros(segments[-1].label + 1, dtype=np.uint16 if len(segments) > 255 else np.uint8)
     for segment in segments:
         lookup[segment.label] = segment.number
     source_number = reference.datasets[0].get("SeriesNumber")
@@ -326,10 +381,10 @@ def write_dicom_seg(
     out_path = Path(out_path)
     with atomic_path(out_path) as temporary:
         seg.save_as(temporary, enforce_file_format=True)
-    if skipped:
-        log.info("%d label(s) without voxels are not in the SEG: %s", len(skipped), ", ".join(skipped[:20]))
-    log.debug("wrote DICOM-SEG %s: %d segments over %d frames", out_path, len(segments), len(reference.datasets))
-    return SegWriteResult(out_path, segments, skipped, reference.generated_uids, len(reference.datasets))
+    result = SegWriteResult(out_path, segments, reference.generated_uids, len(reference.datasets))
+    log.debug("wrote DICOM-SEG %s: %d segments (%d without voxels) over %d frames", out_path, len(segments), len(result.empty),
+              len(reference.datasets))
+    return result
 
 
 def convert_mask_to_seg(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -219,16 +220,29 @@ def _check_consistent(datasets: list[pydicom.Dataset], paths: list[Path], source
             raise InputError(source, f"slices differ in {name} ({listed}; e.g. {_named(odd, source)}): not one volume (mixed stacks or a localizer?)")
 
 
-def _same_slice(a: pydicom.Dataset, b: pydicom.Dataset, ipp_a: np.ndarray, ipp_b: np.ndarray) -> bool:
-    """Two files holding the very same slice: same origin, pixel bytes, rescale and volume-telling tags."""
+#: The encoded pixel data of a slice (path, dataset): by default the dataset's own PixelData.
+PixelSource = Callable[[Path, pydicom.Dataset], bytes | None]
+
+
+def _own_pixel_data(path: Path, ds: pydicom.Dataset) -> bytes | None:
+    return ds.get("PixelData")
+
+
+def _same_slice(a: pydicom.Dataset, b: pydicom.Dataset, ipp_a: np.ndarray, ipp_b: np.ndarray, pixels_a, pixels_b) -> bool:
+    """Two files holding the very same slice: same origin, pixel bytes, rescale and volume-telling tags.
+
+    ``pixels_a``/``pixels_b`` are called (only once the cheaper checks pass) for each file's encoded pixel data.
+    """
     if np.linalg.norm(ipp_a - ipp_b) > DUPLICATE_TOLERANCE_MM or rescale_of(a) != rescale_of(b):
         return False
     if any(str(a.get(tag, "")) != str(b.get(tag, "")) for tag in _VOLUME_TAGS):
         return False
-    return a.get("PixelData") is not None and a.get("PixelData") == b.get("PixelData")
+    data = pixels_a()
+    return data is not None and data == pixels_b()
 
 
-def _drop_identical_duplicates(paths, datasets, ipps, positions, source: Path) -> tuple[list[int], list[str]]:
+def _drop_identical_duplicates(paths, datasets, ipps, positions, source: Path,
+                               pixel_data: PixelSource = _own_pixel_data) -> tuple[list[int], list[str]]:
     """Indices (sorted along the normal) to keep, and notes on dropped copies; differing duplicates are refused."""
     keep, notes = [0], []
     for k in range(1, len(paths)):
@@ -236,7 +250,8 @@ def _drop_identical_duplicates(paths, datasets, ipps, positions, source: Path) -
         if positions[k] - positions[last] >= DUPLICATE_TOLERANCE_MM:
             keep.append(k)
             continue
-        if _same_slice(datasets[last], datasets[k], ipps[last], ipps[k]):
+        if _same_slice(datasets[last], datasets[k], ipps[last], ipps[k],
+                       lambda: pixel_data(paths[last], datasets[last]), lambda: pixel_data(paths[k], datasets[k])):
             notes.append(f"{_named(paths[k], source)} duplicates {_named(paths[last], source)}")
             continue
         a, b = datasets[last], datasets[k]
@@ -327,8 +342,20 @@ def _sorted_slices(paths, datasets, source: Path) -> tuple[list[Path], list[pydi
     for path, ds in zip(paths, datasets):
         check_pixel_format(ds, path)
     _check_consistent(datasets, paths, source)
+    return sorted_unique_slices(paths, datasets, source)
+
+
+def sorted_unique_slices(paths: list[Path], datasets: list[pydicom.Dataset], source: Path,
+                         pixel_data: PixelSource = _own_pixel_data) -> tuple[list[Path], list[pydicom.Dataset], SliceStack, list[str]]:
+    """Slices in increasing position along the normal with exact duplicate files dropped (a copied file in a PACS
+    export), their geometry, and a note per dropped copy; duplicates that differ are refused (several volumes).
+
+    One rule for the reader and for DICOM-SEG output, so a SEG references exactly the slices a mask was read from.
+    ``pixel_data(path, dataset)`` gives a slice's encoded pixels when ``datasets`` hold headers only; it is asked
+    only for slices that share a position and agree on everything else.
+    """
     paths, datasets, stack = sorted_stack(paths, datasets)
-    keep, notes = _drop_identical_duplicates(paths, datasets, stack.ipps, stack.positions, source)
+    keep, notes = _drop_identical_duplicates(paths, datasets, stack.ipps, stack.positions, source, pixel_data)
     paths, datasets = [paths[i] for i in keep], [datasets[i] for i in keep]
     return paths, datasets, dataclasses.replace(stack, ipps=stack.ipps[keep]), notes
 

@@ -7,7 +7,17 @@ elsewhere come with a label file in one of the common shapes, all accepted here:
 * ``{"1": "liver", "2": "tumor"}``: index -> name (MSD, TotalSegmentator class maps);
 * ``{"liver": 1}`` or ``{"liver": [1]}``: name -> index (nnU-Net v2);
 * ``{"liver": {"index": 1, ...}}``: a medseg inference sidecar's ``labels`` section;
-* any of these under a top-level ``"labels"`` key (dataset.json, a medseg sidecar).
+* any of these under a top-level ``"labels"`` key (dataset.json, a medseg sidecar);
+* a region dataset.json (nnU-Net v2's region convention, what `medseg dataset import` writes for
+  BraTS): ``{"whole tumor": [1, 2, 4], "tumor core": [1, 4], "enhancing tumor": [4]}``.
+
+A region is a union of label values, but a mask holds values (a region model paints them by
+``regions_class_order``), so a region file names each *value*, with the rule training uses for the
+model's labels (:func:`dataset_labels`, which `medseg.data.dataset` uses), so that a SEG made from a mask and the
+`medseg infer` sidecar of that mask agree: a single-value entry's name (``"enhancing tumor": [4]``
+names 4), else the dataset's original name of the value where the import recorded it
+(``medseg_import.class_names``: 2 is "oedema"), else ``label_<value>``. A multi-value region's name
+never names one value: "whole tumor" on the oedema-only voxels of value 2 would mislabel them.
 """
 
 from __future__ import annotations
@@ -35,12 +45,19 @@ def _index(value: Any) -> int | None:
     return None
 
 
+def _is_region_map(labels: dict) -> bool:
+    """nnU-Net v2's rule: a labels mapping is region-based when any name maps to a list of several values."""
+    return any(isinstance(value, list) and len(value) > 1 for value in labels.values())
+
+
 def parse_label_names(data: Any, source: str | Path) -> dict[int, str]:
     """Label index -> name from any of the shapes in the module docstring."""
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
-        data = data["labels"]
+    document = data if isinstance(data, dict) and isinstance(data.get("labels"), dict) else {"labels": data}
+    data = document["labels"]
     if not isinstance(data, dict) or not data:
         raise InputError(source, "expected a JSON mapping of label index -> name (or name -> index, or a 'labels' section)")
+    if _is_region_map(data):
+        return dataset_labels(document, Path(source))[0]
     if all(str(key).strip().isdigit() for key in data) and all(isinstance(value, str) for value in data.values()):
         return {int(key): str(value) for key, value in data.items()}
     names: dict[int, str] = {}
@@ -81,3 +98,42 @@ def labels_for_mask(mask_path: str | Path, labels_file: str | Path | None = None
     if isinstance(data, dict) and isinstance(data.get("labels"), dict):
         return parse_label_names(data, sidecar), model
     return None, model
+
+
+def dataset_labels(data: dict[str, Any], path: Path) -> tuple[dict[int, str], dict[str, tuple[int, ...]]]:
+    """A dataset.json's labels: plain labels (value -> name) and, for a region dataset, every foreground region in declared order.
+
+    nnU-Net v2's rule: a dataset is region-based when any label maps to a list of more than one
+    value; then *every* foreground entry is a region (an integer ``4`` or ``[4]`` is the region
+    {4}), each one sigmoid output, in the order of dataset.json.
+    """
+    raw = data.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(path, "'labels' must be a non-empty mapping name -> index")
+    entries: list[tuple[str, tuple[int, ...], bool]] = []
+    for name, value in raw.items():
+        if isinstance(value, (list, tuple)):
+            if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise InputError(path, f"region label '{name}' must be a list of integers, got {value!r}")
+            entries.append((str(name), tuple(int(v) for v in value), True))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            entries.append((str(name), (int(value),), False))
+        elif isinstance(value, str) and value.lstrip("-").isdigit():
+            entries.append((str(name), (int(value),), False))
+        else:
+            raise InputError(path, f"label '{name}' must map to an integer or a list of integers, got {value!r}")
+    region_based = any(len(values) > 1 for _, values, _ in entries)
+    labels: dict[int, str] = {}
+    regions: dict[str, tuple[int, ...]] = {}
+    for name, values, _ in entries:
+        if len(values) == 1:
+            labels.setdefault(values[0], name)
+        if region_based and name != "ignore" and set(values) != {0}:
+            regions[name] = values
+    class_names = (data.get("medseg_import") or {}).get("class_names") if isinstance(data.get("medseg_import"), dict) else None
+    for member in sorted({member for values in regions.values() for member in values}):
+        name = class_names.get(str(member)) if isinstance(class_names, dict) else None
+        if name and name not in labels.values() and member not in labels:
+            labels[member] = str(name)
+        labels.setdefault(member, f"label_{member}")
+    return labels, regions

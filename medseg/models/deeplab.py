@@ -28,15 +28,15 @@ the input size.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from medseg.models.blocks import ConvNormAct, activation, conv_layer, cumulative_strides, norm_layer, resize
 from medseg.models.config import ModelConfig
-from medseg.models.registry import register_model, topology_kwargs
-from medseg.models.topology import Topology, resolve_topology
+from medseg.models.registry import register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class DeepLabV3Plus(nn.Module):
                 dilation, stride = [d * s for d, s in zip(dilation, stride)], [1] * dims
             self.stages.append(ResidualStage(config, dims, channels, width, kernel, stride, dilation))
             channels = width
-        kernel, self.rates = atrous_rates(topology, self.keep, config.min_feature_size)
+        kernel, self.rates = atrous_rates(topology, self.keep, topology.min_feature_map_size)
         aspp_width = features[self.keep]
         self.aspp = ASPP(config, dims, channels, aspp_width, kernel, self.rates)
         self.low_stage = 1 if self.keep >= 2 else 0
@@ -169,7 +169,7 @@ class DeepLabV3Plus(nn.Module):
 
 @register_model("deeplabv3plus", deep_supervision=False, encoder=("stages", "aspp"))
 def build_deeplabv3plus(config: ModelConfig, in_channels: int, out_channels: int,
-                        plan_configuration: dict[str, Any] | None) -> DeepLabV3Plus:
+                        topology: Topology) -> DeepLabV3Plus:
     """DeepLabV3+ (Chen et al., ECCV 2018): dilated residual encoder, ASPP with image pooling, low-level decoder.
 
     The encoder stops downsampling after 3 of the plan's steps (output stride 8 when isotropic;
@@ -181,7 +181,6 @@ def build_deeplabv3plus(config: ModelConfig, in_channels: int, out_channels: int
     norm-free image-pooling branch (safe for instance norm and batch size 1), widths from
     ``base_features``/``max_features``, decoder width capped for 3D cost. No deep supervision.
     """
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     model = DeepLabV3Plus(config, topology, in_channels, out_channels)
     logger.info("deeplabv3plus: output stride %s, low-level stage %d, ASPP rates %s",
                 cumulative_strides(topology.strides)[model.keep], model.low_stage, model.rates)

@@ -16,8 +16,8 @@ from monai.networks.nets import DynUNet
 
 from medseg.errors import ConfigError
 from medseg.models.config import ModelConfig
-from medseg.models.registry import deep_supervision_heads, monai_norm, register_model, topology_kwargs
-from medseg.models.topology import resolve_topology
+from medseg.models.registry import deep_supervision_heads, monai_norm, register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +45,20 @@ def _deep_supr_num(config: ModelConfig, n_stages: int) -> int:
 
 @register_model("dynunet", deep_supervision=True, encoder=("input_block", "downsamples", "bottleneck"))
 def build_dynunet(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology
 ) -> DynUNetDS:
     """nnU-Net's self-configuring U-Net: per-stage kernels/strides from spacing and patch, deep supervision."""
-    return DynUNetDS(**dynunet_arguments(config, in_channels, out_channels, plan_configuration))
+    return DynUNetDS(**dynunet_arguments(config, in_channels, out_channels, topology))
 
 
 def dynunet_arguments(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None, name: str = "dynunet"
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology, name: str = "dynunet"
 ) -> dict[str, Any]:
     """The ``DynUNet`` constructor arguments of the plan's topology (shared with entries built on dynunet)."""
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     if topology.n_stages < 3:
         raise ConfigError(
             f"{name} needs at least 3 stages (2 downsamplings); the plan gives strides {topology.strides} "
-            f"- use a larger patch_size or smaller model.min_feature_size"
+            f"- use a larger patch_size or smaller model.min_feature_map_size"
         )
     deep_supr_num = _deep_supr_num(config, topology.n_stages)
     return dict(

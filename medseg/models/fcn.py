@@ -19,15 +19,14 @@ the full-resolution output, ``[full, fused_16s, score_32s]``.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
 
 from medseg.models.blocks import ConvNormAct, LearnedUpsample, conv_layer, max_pool, resize
 from medseg.models.config import ModelConfig
-from medseg.models.registry import deep_supervision_heads, register_model, topology_kwargs
-from medseg.models.topology import Topology, resolve_topology
+from medseg.models.registry import deep_supervision_heads, register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def _extra_outputs(config: ModelConfig, n_scored: int) -> int:
 
 
 @register_model("fcn", deep_supervision=True, encoder=("stages", "head"))
-def build_fcn(config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None) -> FCN:
+def build_fcn(config: ModelConfig, in_channels: int, out_channels: int, topology: Topology) -> FCN:
     """FCN-8s (Long et al., CVPR 2015): VGG-like encoder, 1x1 scores at the last 3 stages fused coarse to fine.
 
     A fully convolutional network whose class scores from the three coarsest resolutions are
@@ -96,7 +95,6 @@ def build_fcn(config: ModelConfig, in_channels: int, out_channels: int, plan_con
     config's norm (no ImageNet pre-training to lean on) and dropout, 2D and 3D alike; deep
     supervision returns the coarser FCN-16s/32s score maps at their native resolution.
     """
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     n_scored = min(SCORED_STAGES, topology.n_stages)
     model = FCN(config, topology, in_channels, out_channels, _extra_outputs(config, n_scored))
     logger.debug("fcn: %d stages, strides %s, scored stages %s", topology.n_stages, topology.strides, model.scored)

@@ -42,6 +42,7 @@ from medseg.models.blocks import ConvNormAct
 from medseg.models.config import ModelConfig
 from medseg.models.dynunet import DynUNetDS, dynunet_arguments
 from medseg.models.registry import register_model
+from medseg.schema.plan import Topology
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,15 @@ class ObjectnessChannel(nn.Module):
 
 
 def has_objectness(network: nn.Module) -> bool:
-    """True for networks with a lesion-centre head (they accept ``objectness=True``)."""
-    return isinstance(getattr(network, "_orig_mod", network), LesionInstanceUNet)
+    """True for networks with a lesion-centre head (they accept ``objectness=True``): a :class:`LesionInstanceUNet`, or a
+    stand-in that says so with ``accepts_objectness`` (an exported one in ONNX Runtime, :mod:`medseg.export.onnx_runtime`)."""
+    network = getattr(network, "_orig_mod", network)
+    return isinstance(network, LesionInstanceUNet) or getattr(network, "accepts_objectness", False) is True
 
 
 @register_model("lesion_instances", deep_supervision=True, encoder=("input_block", "downsamples", "bottleneck"))
 def build_lesion_instances(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology
 ) -> LesionInstanceUNet:
     """dynunet plus a CenterNet-style lesion-centre head (Retina U-Net idea): lesions as instances with a confidence.
 
@@ -118,5 +121,5 @@ def build_lesion_instances(
     ``<case>_instances.nii.gz`` and ``<case>_lesions.json`` with each lesion's peak head probability as
     its confidence. Topology, deep supervision and everything else as dynunet.
     """
-    arguments = dynunet_arguments(config, in_channels, out_channels, plan_configuration, name="lesion_instances")
+    arguments = dynunet_arguments(config, in_channels, out_channels, topology, name="lesion_instances")
     return LesionInstanceUNet(config, **arguments)

@@ -36,8 +36,8 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.config import ModelConfig
-from medseg.models.registry import deep_supervision_heads, monai_norm, register_model, topology_kwargs
-from medseg.models.topology import Topology, resolve_topology
+from medseg.models.registry import deep_supervision_heads, monai_norm, register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _deep_supr_num(config: ModelConfig, n_stages: int) -> int:
 
 @register_model("dynunet_midfusion", deep_supervision=True, encoder=("stems", "encoder_stages"))
 def build_midfusion(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology
 ) -> MidFusionDynUNet:
     """dynunet with per-modality encoder stems mean-merged over the present modalities (mid fusion, HeMIS-style).
 
@@ -144,11 +144,10 @@ def build_midfusion(
     stages, the bottleneck and a dynunet decoder with the merged maps as skips. Kernels, strides and widths
     come from the plan, 2D and 3D; deep supervision as dynunet's.
     """
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     if topology.n_stages < 3:
         raise ConfigError(
             f"dynunet_midfusion needs at least 3 stages (2 downsamplings); the plan gives strides {topology.strides} "
-            f"- use a larger patch_size or smaller model.min_feature_size"
+            f"- use a larger patch_size or smaller model.min_feature_map_size"
         )
     if in_channels == 1:
         logger.info("dynunet_midfusion with one input channel is dynunet with extra bookkeeping: nothing to fuse")

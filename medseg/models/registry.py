@@ -10,7 +10,7 @@ Output convention shared by every entry (the loss relies on it):
 Input spatial sizes must be divisible by the network's total stride (the plan's patch size is).
 
 Adding an architecture: put ``@register_model("name")`` on a documented builder
-``build(config, in_channels, out_channels, plan_configuration) -> nn.Module`` in
+``build(config, in_channels, out_channels, topology) -> nn.Module`` in
 ``medseg/models/<name>.py`` and list that module in ``_BUILTIN_MODULES``; the contract test in
 tests/models/test_contract.py then covers it automatically.
 
@@ -25,16 +25,20 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.config import ModelConfig
+from medseg.models.topology import resolve_topology
+from medseg.schema.plan import Configuration, Topology
 
 logger = logging.getLogger(__name__)
 
-Builder = Callable[[ModelConfig, int, int, "dict[str, Any] | None"], nn.Module]
+#: ``build(config, in_channels, out_channels, topology)``: the topology is the network's shape, from the plan (see
+#: :mod:`medseg.models.topology`); a builder lays its stages out from it and derives nothing itself.
+Builder = Callable[[ModelConfig, int, int, Topology], nn.Module]
 
 #: Modules whose import registers the built-in entries; loaded on first use of the registry.
 _BUILTIN_MODULES = (
@@ -110,31 +114,25 @@ def build_model(
     config: ModelConfig,
     in_channels: int,
     out_channels: int,
-    plan_configuration: dict[str, Any] | None = None,
+    plan_configuration: Configuration | Topology | Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build ``config.name`` for ``in_channels`` image channels and ``out_channels`` classes (incl. background).
 
-    ``plan_configuration`` is one configuration of the plan (schema in
-    :mod:`medseg.models.topology`); without it, the topology follows ``config.spatial_dims`` and
-    ``config.max_depth``.
+    ``plan_configuration`` is the plan configuration (or its :class:`~medseg.schema.plan.Topology`) to build;
+    without it, the topology follows ``config.spatial_dims`` and ``config.max_pooling_steps``. The builder gets
+    :func:`model_topology`: the plan's own shape, re-derived only where a ``model.*`` knob overrides it.
     """
     entry = model_entry(config.name)
     if in_channels < 1 or out_channels < 1:
         raise ConfigError(f"model: in_channels ({in_channels}) and out_channels ({out_channels}) must be >= 1")
     if config.deep_supervision and not entry.deep_supervision:
         logger.info("model '%s' has no deep supervision heads; training uses its single output", config.name)
-    return entry.builder(config, in_channels, out_channels, plan_configuration)
+    return entry.builder(config, in_channels, out_channels, model_topology(config, plan_configuration))
 
 
-def topology_kwargs(config: ModelConfig) -> dict[str, Any]:
-    """The ModelConfig fields that :func:`medseg.models.topology.resolve_topology` takes."""
-    return {
-        "spatial_dims": config.spatial_dims,
-        "max_depth": config.max_depth,
-        "min_feature_size": config.min_feature_size,
-        "base_features": config.base_features,
-        "max_features": config.max_features,
-    }
+def model_topology(config: ModelConfig, plan_configuration: Configuration | Topology | Mapping[str, Any] | None) -> Topology:
+    """The shape :func:`build_model` hands the builder: the configuration's, with ``config``'s knob overrides applied."""
+    return resolve_topology(plan_configuration, spatial_dims=config.spatial_dims, **config.shape_overrides())
 
 
 def monai_norm(config: ModelConfig) -> tuple[str, dict[str, Any]]:

@@ -12,15 +12,14 @@ from encoder to decoder. A 1x1 conv classifier at full resolution gives the logi
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from torch import nn
 
 from medseg.models.blocks import ConvNormAct, conv_layer, max_pool
 from medseg.models.config import ModelConfig
-from medseg.models.registry import register_model, topology_kwargs
-from medseg.models.topology import Topology, resolve_topology
+from medseg.models.registry import register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class SegNet(nn.Module):
 
 
 @register_model("segnet", deep_supervision=False, encoder=("encoders",))
-def build_segnet(config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None) -> SegNet:
+def build_segnet(config: ModelConfig, in_channels: int, out_channels: int, topology: Topology) -> SegNet:
     """SegNet (Badrinarayanan et al., TPAMI 2017): encoder-decoder unpooling with max-pool indices; no skips.
 
     A symmetric conv encoder-decoder where each decoder stage upsamples with ``MaxUnpool`` at the
@@ -76,6 +75,5 @@ def build_segnet(config: ModelConfig, in_channels: int, out_channels: int, plan_
     ``base_features``/``max_features``, norm (instance or batch) and dropout from the config.
     No deep supervision.
     """
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     logger.debug("segnet: %d stages, pooling kernels %s", topology.n_stages, topology.strides[1:])
     return SegNet(config, topology, in_channels, out_channels)

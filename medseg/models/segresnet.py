@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 from monai.networks.nets import SegResNetDS
 from monai.networks.nets.segresnet_ds import scales_for_resolution
 
 from medseg.models.config import ModelConfig
-from medseg.models.registry import deep_supervision_heads, monai_norm, register_model, topology_kwargs
-from medseg.models.topology import resolve_topology
+from medseg.models.registry import deep_supervision_heads, monai_norm, register_model
+from medseg.schema.plan import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +33,9 @@ def _divisor(n_stages: int, resolution: list[float] | None, dims: int) -> list[i
 
 @register_model("segresnet", deep_supervision=True, encoder=("encoder",))
 def build_segresnet(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology
 ) -> SegResNetDS:
     """MONAI SegResNetDS (Auto3DSeg): residual encoder, light decoder, deep supervision; spacing-aware pooling."""
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     resolution = topology.spacing
     n_stages = topology.n_stages
     if topology.patch_size is not None:

@@ -1,34 +1,37 @@
-"""Network topology from the plan: per-stage kernel sizes, strides and widths.
+"""The network-shape rule: per-stage kernels, strides and widths from spacing, patch and the knobs.
 
-This module defines the **plan configuration schema** that the planner writes and every model reads.
-One configuration (e.g. ``plan["configurations"]["3d_fullres"]``) is a dict with these keys, all in
-the *array axis order* of the preprocessed volumes, i.e. the order of the tensor's spatial dims
-``(B, C, *patch_size)``:
+This module is the one place a network's shape is derived. The planner (:mod:`medseg.data.plan`)
+sizes its patches with :func:`derive_topology`; each plan configuration stores the result as a typed
+:class:`~medseg.schema.plan.Topology` (nnU-Net's ``arch_kwargs``) with the :class:`ShapeKnobs` it was
+derived with; an override (``train.patch_size``, a ``model.*`` knob) re-derives it here, by the same
+rule, from the configuration's own knobs (:func:`reshape`); and the model builders take the result
+unchanged (:func:`resolve_topology`, called by :func:`medseg.models.registry.build_model`).
 
-``patch_size``   list[int], required unless ``kernel_sizes``/``strides`` are given. Training patch.
-``spacing``      list[float] in mm, optional (default isotropic 1 mm). Target spacing of the cache;
-                 only used to derive kernels and strides when those are absent.
-``kernel_sizes`` list (one per stage) of per-axis conv kernel sizes, e.g. ``[[3, 3, 1], [3, 3, 3]]``.
-``strides``      list (one per stage) of per-axis strides; the first stage is all ones (full
-                 resolution), each later one is the downsampling into that stage.
-``features``     list[int] (one per stage), optional: output channels of each stage (the planner's
-                 name ``features_per_stage`` is read too). Used unless
-                 the model config sets ``base_features`` or ``max_features``; otherwise widths
-                 follow nnU-Net: ``base_features * 2**stage`` (32 by default) capped at
-                 ``max_features`` (320 in 3D, 512 in 2D).
+The knobs have one set of names, in ``plan.*`` (the planner picks them per device:
+``cpu_base_features``...) and in ``model.*`` (overrides, None = the plan's):
 
-A *stage* is one encoder resolution level; the last one is the bottleneck. Keys not listed here
-(normalization statistics, batch size...) are ignored by the models. :func:`plan_topology` fills
-the four network keys from spacing and patch size, for the planner to store.
+``base_features``         channels of the full-resolution stage, doubling per stage (nnU-Net: 32);
+``max_features``          cap on channels per stage (nnU-Net: 320 in 3D, 512 in 2D);
+``max_pooling_steps``     most down-sampling steps (stages - 1);
+``min_feature_map_size``  an axis is pooled only while its feature map stays at least this large.
+
+Everything is in the *array axis order* of the preprocessed volumes, the order of the tensor's
+spatial dims ``(B, C, *patch_size)``. Older inputs still build: a plan or checkpoint without knobs
+(formats 1-2; :func:`stored_topology`) keeps its stored layout, and a shape missing altogether (or the
+old dict form ``{"patch_size", "spacing", "kernel_sizes", "strides", "features"}``) is derived with
+nnU-Net's defaults and the ``model.*`` overrides, as medseg <= 0.2 built it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from medseg.errors import ConfigError
+from medseg.schema.plan import DEPTH_KNOBS, Configuration, ShapeKnobs, Topology
+
+__all__ = ["DEFAULT_MAX_FEATURES", "FALLBACK_DEPTH", "ShapeKnobs", "Topology", "derive_kernels_and_strides", "derive_topology",
+           "pad_to_divisible", "planned_knobs", "reshape", "resolve_topology", "stage_widths", "stored_topology"]
 
 #: nnU-Net caps feature maps at 320 in 3D and 512 in 2D to bound memory.
 DEFAULT_MAX_FEATURES = {2: 512, 3: 320}
@@ -36,43 +39,22 @@ DEFAULT_MAX_FEATURES = {2: 512, 3: 320}
 FALLBACK_DEPTH = 4
 
 
-@dataclass(frozen=True)
-class Topology:
-    """Everything an encoder-decoder needs to lay out its stages."""
-
-    spatial_dims: int
-    kernel_sizes: list[list[int]]
-    strides: list[list[int]]
-    features: list[int]
-    patch_size: list[int] | None = None
-    spacing: list[float] | None = None
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.strides)
-
-    @property
-    def divisor(self) -> list[int]:
-        """Per-axis factor every input size must be a multiple of (product of all strides)."""
-        return [math.prod(stride[axis] for stride in self.strides) for axis in range(self.spatial_dims)]
-
-
 def derive_kernels_and_strides(
     spacing: Sequence[float],
     patch_size: Sequence[int],
-    max_depth: int | None,
-    min_feature_size: int = 4,
+    max_pooling_steps: int | None,
+    min_feature_map_size: int = 4,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """nnU-Net's rule (v2 ``get_pool_and_conv_props``) for where to pool and which kernels to use.
 
     Returns ``(kernel_sizes, strides)``, one entry per stage; ``strides[0]`` is all ones. At each
-    step an axis is pooled (stride 2) only if its feature map stays >= ``min_feature_size`` and
+    step an axis is pooled (stride 2) only if its feature map stays >= ``min_feature_map_size`` and
     its current spacing is within 2x of the finest pooled-candidate axis, so coarse axes (e.g. 5 mm
     slices next to 0.8 mm pixels) are not pooled until the others have caught up. A single axis
-    is pooled alone only while it is >= 3 * ``min_feature_size``. A kernel becomes 3 along an axis
+    is pooled alone only while it is >= 3 * ``min_feature_map_size``. A kernel becomes 3 along an axis
     once that axis' spacing is within 2x of the finest one (and stays 3); before that it is 1, so
     the network does not mix thick slices at full resolution. The bottleneck kernel is always 3.
-    ``max_depth`` caps the number of downsampling steps (stages - 1); None = no cap (nnU-Net v2).
+    ``max_pooling_steps`` caps the number of downsampling steps (stages - 1); None = no cap.
     """
     if len(spacing) != len(patch_size) or len(spacing) not in (2, 3):
         raise ConfigError(f"spacing {list(spacing)} and patch_size {list(patch_size)} must both have 2 or 3 axes")
@@ -84,13 +66,13 @@ def derive_kernels_and_strides(
     kernel = [1] * dims
     kernel_sizes: list[list[int]] = []
     strides: list[list[int]] = [[1] * dims]
-    while max_depth is None or len(strides) - 1 < max_depth:
-        poolable = [axis for axis in range(dims) if current_size[axis] >= 2 * min_feature_size]
+    while max_pooling_steps is None or len(strides) - 1 < max_pooling_steps:
+        poolable = [axis for axis in range(dims) if current_size[axis] >= 2 * min_feature_map_size]
         if not poolable:
             break
         finest = min(current_spacing[axis] for axis in poolable)
         poolable = [axis for axis in poolable if current_spacing[axis] / finest < 2]
-        if len(poolable) == 1 and current_size[poolable[0]] < 3 * min_feature_size:
+        if len(poolable) == 1 and current_size[poolable[0]] < 3 * min_feature_map_size:
             break
         finest_overall = min(current_spacing)
         kernel = [3 if kernel[axis] == 3 or current_spacing[axis] / finest_overall < 2 else 1 for axis in range(dims)]
@@ -110,34 +92,32 @@ def pad_to_divisible(patch_size: Sequence[int], strides: Sequence[Sequence[int]]
     return [math.ceil(size / d) * d for size, d in zip(patch_size, divisor)]
 
 
-def default_features(
-    n_stages: int, spatial_dims: int, base_features: int = 32, max_features: int | None = None
-) -> list[int]:
-    """nnU-Net widths: double per stage from ``base_features``, capped (320 in 3D, 512 in 2D by default)."""
-    cap = max_features if max_features is not None else DEFAULT_MAX_FEATURES[spatial_dims]
-    return [min(base_features * 2**stage, cap) for stage in range(n_stages)]
+def stage_widths(n_stages: int, spatial_dims: int, knobs: ShapeKnobs) -> list[int]:
+    """nnU-Net widths: ``base_features`` doubling per stage, capped at ``max_features`` (320 in 3D, 512 in 2D by default)."""
+    cap = knobs.max_features if knobs.max_features is not None else DEFAULT_MAX_FEATURES[spatial_dims]
+    return [min(knobs.base_features * 2**stage, cap) for stage in range(n_stages)]
 
 
-def plan_topology(
-    spacing: Sequence[float],
-    patch_size: Sequence[int],
-    max_depth: int | None = None,
-    min_feature_size: int = 4,
-    base_features: int = 32,
-    max_features: int | None = None,
-) -> dict[str, Any]:
-    """The network keys of a plan configuration (see the module docstring), for the planner to store.
+def derive_topology(spacing: Sequence[float], patch_size: Sequence[int], knobs: ShapeKnobs) -> Topology:
+    """The network shape for ``patch_size`` at ``spacing`` with ``knobs``; its ``patch_size`` is the patch rounded
+    up to a multiple of the total stride per axis."""
+    kernel_sizes, strides = derive_kernels_and_strides(spacing, patch_size, knobs.max_pooling_steps, knobs.min_feature_map_size)
+    return Topology(kernel_sizes=kernel_sizes, strides=strides, features_per_stage=stage_widths(len(strides), len(spacing), knobs),
+                    knobs=knobs, patch_size=pad_to_divisible(patch_size, strides), spacing=[float(s) for s in spacing])
 
-    ``patch_size`` comes back padded up to a multiple of the total stride per axis.
-    """
-    kernel_sizes, strides = derive_kernels_and_strides(spacing, patch_size, max_depth, min_feature_size)
-    return {
-        "patch_size": pad_to_divisible(patch_size, strides),
-        "spacing": [float(s) for s in spacing],
-        "kernel_sizes": kernel_sizes,
-        "strides": strides,
-        "features": default_features(len(strides), len(spacing), base_features, max_features),
+
+def planned_knobs(settings: Mapping[str, Any], cpu: bool, spatial_dims: int, features: Sequence[int] | None = None) -> ShapeKnobs:
+    """The planner's knobs from ``plan.*`` ``settings`` (PlanConfig's names): the ``cpu_`` widths on a CPU plan and the
+    caps of ``spatial_dims``. A setting the mapping lacks comes from the stored ``features`` if given, else nnU-Net's default."""
+    prefix = "cpu_" if cpu else ""
+    inferred = {"base_features": features[0], "max_features": max(features)} if features else {}
+    values = {
+        "base_features": settings.get(f"{prefix}base_features", inferred.get("base_features")),
+        "max_features": settings.get(f"{prefix}max_features_{spatial_dims}d", inferred.get("max_features")),
+        "max_pooling_steps": settings.get("max_pooling_steps"),
+        "min_feature_map_size": settings.get("min_feature_map_size"),
     }
+    return ShapeKnobs(**{key: value for key, value in values.items() if value is not None})
 
 
 def _int_lists(value: Any, key: str, dims: int) -> list[list[int]]:
@@ -154,26 +134,8 @@ def _int_lists(value: Any, key: str, dims: int) -> list[list[int]]:
     return result
 
 
-def resolve_topology(
-    plan_configuration: dict[str, Any] | None,
-    *,
-    spatial_dims: int = 3,
-    max_depth: int | None = None,
-    min_feature_size: int = 4,
-    base_features: int | None = None,
-    max_features: int | None = None,
-) -> Topology:
-    """Read the plan configuration, filling what is missing by the nnU-Net rules.
-
-    Precedence: explicit ``kernel_sizes``/``strides`` > derived from ``patch_size`` (+ ``spacing``)
-    > without any plan, ``max_depth`` (default :data:`FALLBACK_DEPTH`) isotropic 2x downsamplings
-    with 3-kernels in ``spatial_dims`` dimensions. Widths: the plan's ``features`` when neither
-    ``base_features`` nor ``max_features`` is given, else nnU-Net's doubling rule. A given
-    ``patch_size`` must be divisible by the total stride.
-    """
-    plan = dict(plan_configuration or {})
-    patch = plan.get("patch_size")
-    spacing = plan.get("spacing")
+def _patch_and_spacing(plan: Mapping[str, Any], spatial_dims: int) -> tuple[list[int] | None, list[float] | None, int]:
+    patch, spacing = plan.get("patch_size"), plan.get("spacing")
     if patch is not None:
         if not isinstance(patch, (list, tuple)) or len(patch) not in (2, 3):
             raise ConfigError(f"plan configuration: patch_size {patch!r} must list 2 or 3 sizes")
@@ -184,43 +146,110 @@ def resolve_topology(
         if patch is not None and len(spacing) != len(patch):
             raise ConfigError(f"plan configuration: spacing {spacing} and patch_size {patch} differ in length")
         spatial_dims = len(spacing)
+    return patch, spacing, spatial_dims
 
-    if "kernel_sizes" in plan or "strides" in plan:
-        if "kernel_sizes" not in plan or "strides" not in plan:
-            raise ConfigError("plan configuration: give both 'kernel_sizes' and 'strides', or neither")
-        first = plan["strides"][0] if plan["strides"] else None
-        if patch is None and spacing is None and isinstance(first, (list, tuple)):
-            spatial_dims = len(first)
-        kernel_sizes = _int_lists(plan["kernel_sizes"], "kernel_sizes", spatial_dims)
-        strides = _int_lists(plan["strides"], "strides", spatial_dims)
-        if len(kernel_sizes) != len(strides):
-            raise ConfigError(
-                f"plan configuration: {len(kernel_sizes)} kernel_sizes but {len(strides)} strides (one each per stage)"
-            )
-    elif patch is not None:
-        kernel_sizes, strides = derive_kernels_and_strides(
-            spacing or [1.0] * spatial_dims, patch, max_depth, min_feature_size
-        )
-    else:
-        depth = FALLBACK_DEPTH if max_depth is None else max_depth
-        kernel_sizes = [[3] * spatial_dims for _ in range(depth + 1)]
-        strides = [[1] * spatial_dims] + [[2] * spatial_dims for _ in range(depth)]
 
-    if len(strides) < 2:
-        raise ConfigError(f"plan configuration: the network needs at least 2 stages, got strides {strides}")
+def _stored_features(plan: Mapping[str, Any], n_stages: int) -> list[int] | None:
     features = plan.get("features", plan.get("features_per_stage"))
-    if "features" in plan and "features_per_stage" in plan and plan["features"] != plan["features_per_stage"]:
+    if plan.get("features") is not None and plan.get("features_per_stage") is not None and plan["features"] != plan["features_per_stage"]:
         raise ConfigError("plan configuration: 'features' and 'features_per_stage' disagree; keep one")
-    if features is None or base_features is not None or max_features is not None:
-        features = default_features(len(strides), spatial_dims, base_features or 32, max_features)
-    elif len(features) != len(strides) or not all(isinstance(f, int) and f >= 1 for f in features):
-        raise ConfigError(f"plan configuration: features {features!r} must be {len(strides)} positive integers")
-    topology = Topology(spatial_dims, kernel_sizes, strides, [int(f) for f in features], patch, spacing)
-    if patch is not None:
-        bad = [size for size, d in zip(patch, topology.divisor) if size % d]
-        if bad:
-            raise ConfigError(
-                f"plan configuration: patch_size {patch} is not divisible by the total stride {topology.divisor}; "
-                f"use {pad_to_divisible(patch, strides)}"
-            )
+    if features is not None and (len(features) != n_stages or not all(isinstance(f, int) and f >= 1 for f in features)):
+        raise ConfigError(f"plan configuration: features {features!r} must be {n_stages} positive integers")
+    return None if features is None else [int(f) for f in features]
+
+
+def stored_topology(plan: Mapping[str, Any], spatial_dims: int = 3, overrides: Mapping[str, int] | None = None) -> Topology | None:
+    """The layout a configuration of plan format 1-2 (or the old dict form) stored, without knobs; None when it stored
+    none. Kernels and strides without widths get nnU-Net's; widths without kernels get the rule's kernels and strides
+    (with the ``model.*`` depth ``overrides``, as medseg <= 0.2 did)."""
+    patch, spacing, dims = _patch_and_spacing(plan, spatial_dims)
+    kernels, strides = plan.get("kernel_sizes"), plan.get("strides")
+    if kernels is None and strides is None:
+        features = plan.get("features", plan.get("features_per_stage"))
+        if features is None or patch is None:
+            return None
+        knobs = ShapeKnobs(**{key: value for key, value in (overrides or {}).items() if key in DEPTH_KNOBS})
+        kernels, strides = derive_kernels_and_strides(spacing or [1.0] * dims, patch, knobs.max_pooling_steps, knobs.min_feature_map_size)
+    elif kernels is None or strides is None:
+        raise ConfigError("plan configuration: give both 'kernel_sizes' and 'strides', or neither")
+    if patch is None and spacing is None and isinstance(strides[0] if strides else None, (list, tuple)):
+        dims = len(strides[0])
+    kernels, strides = _int_lists(kernels, "kernel_sizes", dims), _int_lists(strides, "strides", dims)
+    if len(kernels) != len(strides):
+        raise ConfigError(f"plan configuration: {len(kernels)} kernel_sizes but {len(strides)} strides (one each per stage)")
+    features = _stored_features(plan, len(strides)) or stage_widths(len(strides), dims, ShapeKnobs())
+    return Topology(kernel_sizes=kernels, strides=strides, features_per_stage=features, patch_size=patch, spacing=spacing)
+
+
+def _fallback(spatial_dims: int, knobs: ShapeKnobs) -> Topology:
+    """Without any patch: ``max_pooling_steps`` (default :data:`FALLBACK_DEPTH`) isotropic 2x down-samplings, 3-kernels."""
+    depth = FALLBACK_DEPTH if knobs.max_pooling_steps is None else knobs.max_pooling_steps
+    return Topology(kernel_sizes=[[3] * spatial_dims for _ in range(depth + 1)],
+                    strides=[[1] * spatial_dims] + [[2] * spatial_dims for _ in range(depth)],
+                    features_per_stage=stage_widths(depth + 1, spatial_dims, knobs), knobs=knobs)
+
+
+def _check_divisible(topology: Topology, patch: Sequence[int] | None) -> Topology:
+    if patch is not None and any(size % d for size, d in zip(patch, topology.divisor)):
+        raise ConfigError(f"plan configuration: patch_size {list(patch)} is not divisible by the total stride {topology.divisor}; "
+                          f"use {pad_to_divisible(patch, topology.strides)}")
     return topology
+
+
+def _derived(spacing: Sequence[float] | None, patch: Sequence[int], knobs: ShapeKnobs) -> Topology:
+    """:func:`derive_topology` for a patch that must already fit (a given patch is never silently enlarged)."""
+    topology = derive_topology(spacing or [1.0] * len(patch), patch, knobs)
+    _check_divisible(topology, patch)
+    topology.spacing = None if spacing is None else [float(s) for s in spacing]
+    return topology
+
+
+def reshape(topology: Topology | None, spacing: Sequence[float] | None, patch: Sequence[int] | None,
+            overrides: Mapping[str, int | None], spatial_dims: int = 3) -> Topology:
+    """``topology`` for ``patch`` with the knob ``overrides`` (None values: not overridden), re-derived by the one rule
+    from its own knobs where the patch or a knob changes (a width knob alone changes only the widths); unchanged otherwise.
+
+    Without knobs (a plan or checkpoint of format 1-2 outside its plan) the stored layout is used as then: only
+    ``base_features``/``max_features`` re-derive the widths (from nnU-Net's defaults); without any ``topology`` the
+    shape is derived with nnU-Net's defaults and the overrides.
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    patch = None if patch is None else [int(p) for p in patch]
+    if topology is None:
+        knobs = ShapeKnobs(**overrides)
+        return _derived(spacing, patch, knobs) if patch is not None else _fallback(spatial_dims, knobs)
+    if topology.knobs is None:
+        if patch is not None and topology.patch_size is not None and patch != topology.patch_size:
+            return reshape(None, spacing, patch, overrides, spatial_dims)  # as medseg <= 0.2: a new patch, a new layout
+        widths = {key: overrides[key] for key in ("base_features", "max_features") if key in overrides}
+        if widths:
+            topology = topology.model_copy(update={"features_per_stage": stage_widths(topology.n_stages, topology.spatial_dims, ShapeKnobs(**widths))})
+        return _check_divisible(topology, patch or topology.patch_size)
+    knobs = topology.knobs.model_copy(update=overrides)
+    patch = patch if patch is not None else topology.patch_size
+    if patch != topology.patch_size or any(getattr(knobs, key) != getattr(topology.knobs, key) for key in DEPTH_KNOBS):
+        return _derived(spacing if spacing is not None else topology.spacing, patch, knobs) if patch is not None \
+            else _fallback(topology.spatial_dims, knobs)
+    if knobs != topology.knobs:
+        widths = stage_widths(topology.n_stages, topology.spatial_dims, knobs)
+        return _check_divisible(topology.model_copy(update={"features_per_stage": widths, "knobs": knobs}), patch)
+    return _check_divisible(topology, patch)
+
+
+def resolve_topology(source: Configuration | Topology | Mapping[str, Any] | None, *, spatial_dims: int = 3, **overrides: int | None) -> Topology:
+    """The shape a model builder gets: a configuration's (or a topology's) own, through :func:`reshape` with the
+    ``model.*`` knob ``overrides``; the old dict form is read by :func:`stored_topology`; nothing at all gives
+    :data:`FALLBACK_DEPTH` isotropic down-samplings in ``spatial_dims`` dimensions."""
+    if isinstance(source, Configuration):
+        topology, patch, spacing = source.topology, source.patch_size, source.spacing
+    elif isinstance(source, Topology):
+        topology, patch, spacing = source, source.patch_size, source.spacing
+    elif source is None:
+        topology = patch = spacing = None
+    else:
+        patch, spacing, spatial_dims = _patch_and_spacing(source, spatial_dims)
+        topology = stored_topology(source, spatial_dims, {key: value for key, value in overrides.items() if value is not None})
+    result = reshape(topology, spacing, patch, overrides, len(patch) if patch is not None else spatial_dims)
+    if result.n_stages < 2:
+        raise ConfigError(f"plan configuration: the network needs at least 2 stages, got strides {result.strides}")
+    return result

@@ -6,21 +6,18 @@ It follows the same plan (stage count, per-stage strides and widths) as ``dynune
 
 from __future__ import annotations
 
-from typing import Any
-
 from monai.networks.nets import UNet
 
 from medseg.models.config import ModelConfig
-from medseg.models.registry import monai_norm, register_model, topology_kwargs
-from medseg.models.topology import resolve_topology
+from medseg.models.registry import monai_norm, register_model
+from medseg.schema.plan import Topology
 
 
 @register_model("unet", deep_supervision=False)
 def build_unet(
-    config: ModelConfig, in_channels: int, out_channels: int, plan_configuration: dict[str, Any] | None
+    config: ModelConfig, in_channels: int, out_channels: int, topology: Topology
 ) -> UNet:
     """MONAI residual U-Net (3-kernels, plan strides): small, fast baseline; no deep supervision."""
-    topology = resolve_topology(plan_configuration, **topology_kwargs(config))
     return UNet(
         spatial_dims=topology.spatial_dims,
         in_channels=in_channels,

@@ -17,7 +17,9 @@ from pydantic import Field, model_validator
 from medseg.schema.plan import Configuration, Plan
 from medseg.schema.records import Record
 
-FORMAT_VERSION = 2
+#: 1: medseg 0.1 (flat resume state); 2: typed payload; 3: the configuration carries its network topology (plan
+#: format 3), which a reader of format 2 would not build. Formats 1 and 2 are still read.
+FORMAT_VERSION = 3
 
 
 class ModelSpec(Record):

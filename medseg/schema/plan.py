@@ -2,8 +2,12 @@
 
 ``plans.json`` on disk is the boundary (nnU-Net's plans file); code asks the objects
 (``configuration.patch_size``, ``plan.preprocessing_identity(configuration)``), never nested dict
-keys. Plans of format 1 (medseg 0.1) load unchanged: each configuration's grid then is the plan's
-target spacing, as it always was.
+keys. Each configuration carries its network's shape as a typed :class:`Topology` (nnU-Net's
+``arch_kwargs``), derived by the one rule in :mod:`medseg.models.topology` and handed to the model
+builders unchanged. Plans of format 1 (medseg 0.1) load unchanged: each configuration's grid then is
+the plan's target spacing, as it always was; formats 1-2 kept kernels, strides and widths flat in the
+configuration and no knobs: they are read into a :class:`Topology` and given the knobs of the plan's
+recorded ``plan.*`` settings.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pydantic import Field, model_validator
 from medseg.errors import ConfigError
 from medseg.schema.records import Record, read_record, write_record
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3  # 3: the network shape as a nested typed ``topology`` with its knobs (2: flat keys, no knobs)
 #: Version of the cached arrays' layout; part of every preprocessing identity, so a change rebuilds caches.
 CACHE_VERSION = 3  # 3: typed case properties (geometry nested), per-configuration target spacing
 
@@ -106,6 +110,72 @@ class DeviceProfile(Record):
     source: str = Field("detected", description="detected on this machine, a preset, or set in the config")
 
 
+class ShapeKnobs(Record):
+    """The settings a network shape is derived with; ``plan.*`` and ``model.*`` use these same names."""
+
+    base_features: int = Field(32, ge=1, description="channels of the full-resolution stage, doubling per stage")
+    max_features: int | None = Field(None, ge=1, description="cap on channels per stage; None = 320 in 3D, 512 in 2D (nnU-Net)")
+    max_pooling_steps: int | None = Field(None, ge=0, description="most down-sampling steps (stages - 1); None = as deep as the patch allows")
+    min_feature_map_size: int = Field(4, ge=1, description="an axis is pooled only while its feature map stays at least this large")
+
+
+#: Knobs that change the stages (kernels and strides); the others change only the widths.
+DEPTH_KNOBS = ("max_pooling_steps", "min_feature_map_size")
+
+
+class Topology(Record):
+    """A network's shape, in the preprocessed arrays' axis order: what every model builder lays its stages out from.
+
+    A *stage* is one encoder resolution level; the last one is the bottleneck. ``strides[0]`` is all
+    ones (full resolution), each later stride is the down-sampling into that stage. ``knobs`` is None
+    only for a layout read from a plan or checkpoint older than the knobs (format 1-2) outside a plan.
+    """
+
+    kernel_sizes: list[list[int]] = Field(min_length=1, description="per stage, the per-axis convolution kernel")
+    strides: list[list[int]] = Field(min_length=1, description="per stage, the per-axis down-sampling into it")
+    features_per_stage: list[int] = Field(min_length=1, description="per stage, the output channels")
+    knobs: ShapeKnobs | None = None
+    patch_size: list[int] | None = Field(None, exclude=True, description="the configuration's patch (filled in by it, stored once)")
+    spacing: list[float] | None = Field(None, exclude=True, description="the configuration's spacing (filled in by it, stored once)")
+
+    @model_validator(mode="after")
+    def _one_entry_per_stage(self) -> Topology:
+        dims = len(self.strides[0])
+        if dims not in (2, 3) or any(len(entry) != dims for entry in [*self.kernel_sizes, *self.strides]):
+            raise ValueError(f"kernel_sizes {self.kernel_sizes} and strides {self.strides} must all have 2 or 3 axes, the same number")
+        if not len(self.kernel_sizes) == len(self.strides) == len(self.features_per_stage):
+            raise ValueError(f"{len(self.kernel_sizes)} kernel_sizes, {len(self.strides)} strides and {len(self.features_per_stage)} "
+                             "features_per_stage: one each per stage")
+        if min(min(entry) for entry in [*self.kernel_sizes, *self.strides]) < 1 or min(self.features_per_stage) < 1:
+            raise ValueError("kernel sizes, strides and features must be positive")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.strides[0])
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.strides)
+
+    @property
+    def features(self) -> list[int]:
+        return self.features_per_stage
+
+    @property
+    def divisor(self) -> list[int]:
+        """Per-axis factor every input size must be a multiple of (product of all strides)."""
+        return [math.prod(stride[axis] for stride in self.strides) for axis in range(self.spatial_dims)]
+
+    @property
+    def min_feature_map_size(self) -> int:
+        return self.knobs.min_feature_map_size if self.knobs is not None else ShapeKnobs().min_feature_map_size
+
+
+#: Plan formats 1-2 kept the network flat in the configuration.
+_FLAT_NETWORK_KEYS = ("n_stages", "features_per_stage", "kernel_sizes", "strides")
+
+
 class Configuration(Record):
     """One trainable network configuration: patch, batch, grid and topology, each with its reason."""
 
@@ -114,16 +184,32 @@ class Configuration(Record):
     batch_size: int = Field(ge=1)
     spacing: list[float] = Field(description="spacing of the network's axes (the in-plane axes in 2D)")
     target_spacing: list[float] | None = Field(None, description="3D grid of the cache this configuration trains on; None = the plan's")
-    n_stages: int | None = None
-    features_per_stage: list[int] | None = None
-    kernel_sizes: list[list[int]] | None = None
-    strides: list[list[int]] | None = None
+    topology: Topology | None = Field(None, description="the network's shape and the knobs it was derived with; None only in a "
+                                      "checkpoint of medseg <= 0.2 whose patch was overridden (its shape is then derived when built)")
     estimated_memory_gb: float | None = None
     patch_reason: str = ""
     batch_reason: str = ""
     spacing_reason: str = ""
     slice_axis: int | None = Field(None, ge=0, le=2, description="2D only: the RAS array axis the slices are taken across")
     plane_axes: list[int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_flat_network(cls, data: Any) -> Any:
+        """Plan formats 1-2 (and their checkpoints) kept kernels, strides and widths flat: read them into a Topology."""
+        if not isinstance(data, dict) or not any(key in data for key in _FLAT_NETWORK_KEYS):
+            return data
+        from medseg.models.topology import stored_topology  # the rule's module imports these records
+
+        data = dict(data)
+        flat = {key: data.pop(key) for key in _FLAT_NETWORK_KEYS if key in data}
+        if data.get("topology") is not None:
+            raise ValueError(f"give the network either as 'topology' or as the flat keys of plan format 2 ({', '.join(flat)}), not both")
+        try:
+            data["topology"] = stored_topology({**flat, "patch_size": data.get("patch_size"), "spacing": data.get("spacing")})
+        except ConfigError as error:
+            raise ValueError(str(error)) from error
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Configuration:
@@ -141,6 +227,10 @@ class Configuration(Record):
             if self.plane_axes is not None and list(self.plane_axes) != expected:
                 raise ValueError(f"plane_axes {self.plane_axes} do not match slice_axis {self.slice_axis} (expected {expected})")
             self.plane_axes = expected
+        if self.topology is not None:
+            if self.topology.spatial_dims != dims:
+                raise ValueError(f"topology has {self.topology.spatial_dims} axes, patch_size {self.patch_size} has {dims}")
+            self.topology.patch_size, self.topology.spacing = list(self.patch_size), list(self.spacing)
         return self
 
     @property
@@ -167,23 +257,61 @@ class Configuration(Record):
         spacing = self.grid_spacing()
         return bool(max(spacing) / min(spacing) > 3.0)
 
-    def with_overrides(self, patch_size: list[int] | None = None, batch_size: int | None = None) -> Configuration:
-        """A copy with another patch (the network then derives its topology from it) or batch size."""
+    @property
+    def kernel_sizes(self) -> list[list[int]] | None:
+        return None if self.topology is None else self.topology.kernel_sizes
+
+    @property
+    def strides(self) -> list[list[int]] | None:
+        return None if self.topology is None else self.topology.strides
+
+    @property
+    def features_per_stage(self) -> list[int] | None:
+        return None if self.topology is None else self.topology.features_per_stage
+
+    @property
+    def n_stages(self) -> int | None:
+        return None if self.topology is None else self.topology.n_stages
+
+    def with_overrides(self, patch_size: list[int] | None = None, batch_size: int | None = None,
+                       knobs: dict[str, int] | None = None) -> Configuration:
+        """A copy with another patch, batch size or network knobs (``model.*``); a changed patch or knob re-derives the
+        network by the one rule (:func:`medseg.models.topology.reshape`) from this configuration's own knobs."""
+        from medseg.models.topology import reshape  # the rule's module imports these records
+
         updates: dict[str, Any] = {}
-        if patch_size is not None and list(patch_size) != list(self.patch_size):
+        patch = list(self.patch_size)
+        if patch_size is not None and list(patch_size) != patch:
             if len(patch_size) != self.spatial_dims:
                 raise ConfigError(f"train.patch_size {list(patch_size)} must have {self.spatial_dims} sizes for the {self.name} configuration")
-            updates.update(patch_size=[int(s) for s in patch_size], kernel_sizes=None, strides=None, features_per_stage=None,
-                           n_stages=None, estimated_memory_gb=None, patch_reason="set in the config (train.patch_size)")
+            patch = [int(s) for s in patch_size]
+            updates.update(patch_size=patch, patch_reason="set in the config (train.patch_size)")
+        topology = reshape(self.topology, self.spacing, patch, knobs or {}, self.spatial_dims)
+        if topology is not self.topology:
+            updates.update(topology=topology, estimated_memory_gb=None)
         if batch_size is not None and batch_size != self.batch_size:
             updates.update(batch_size=int(batch_size), batch_reason="set in the config (train.batch_size)")
         return self.model_copy(update=updates) if updates else self
 
-    def network_plan(self) -> dict[str, Any]:
-        """The keys a model builder reads (see :mod:`medseg.models.topology`); absent ones are derived there."""
-        keys = {"patch_size": self.patch_size, "spacing": self.spacing, "kernel_sizes": self.kernel_sizes,
-                "strides": self.strides, "features_per_stage": self.features_per_stage}
-        return {key: value for key, value in keys.items() if value is not None}
+    def complete_topology(self, settings: dict[str, Any], cpu: bool) -> None:
+        """Give a configuration read without knobs (plan format 1-2, a hand-written plan) the plan's: those of its
+        recorded ``plan.*`` ``settings`` for its device; derive the shape by the one rule when it has none."""
+        from medseg.models.topology import derive_topology, planned_knobs  # the rule's module imports these records
+
+        if self.topology is not None and self.topology.knobs is not None:
+            return
+        knobs = planned_knobs(settings, cpu, self.spatial_dims, self.features_per_stage)
+        if self.topology is None:
+            self.topology = derive_topology(self.spacing, self.patch_size, knobs)
+            self.topology.patch_size = list(self.patch_size)  # a patch the rule would pad fails where the network is built
+        else:
+            self.topology.knobs = knobs
+
+    def network_plan(self) -> Topology:
+        """The network's shape as the model builders take it (derived by the one rule if a checkpoint of medseg <= 0.2 lacks it)."""
+        from medseg.models.topology import reshape  # the rule's module imports these records
+
+        return reshape(self.topology, self.spacing, list(self.patch_size), {}, self.spatial_dims)
 
 
 class Plan(Record):
@@ -215,19 +343,23 @@ class Plan(Record):
 
     @model_validator(mode="before")
     @classmethod
-    def _accept_format_1(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("plan_version") not in (None, 1, PLAN_VERSION):
-            raise ValueError(f"plan version {data.get('plan_version')} is not supported (this medseg reads 1 and {PLAN_VERSION}); re-run `medseg plan`")
+    def _accept_older_formats(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("plan_version") not in (None, 1, 2, PLAN_VERSION):
+            raise ValueError(f"plan version {data.get('plan_version')} is not supported (this medseg reads 1 to {PLAN_VERSION}); re-run `medseg plan`")
+        if isinstance(data, dict) and data.get("plan_version") == 2:  # read into format 3 (Configuration, complete_topology)
+            data = {**data, "plan_version": PLAN_VERSION}
         return data
 
     @model_validator(mode="after")
     def _complete_configurations(self) -> Plan:
         if not self.configurations:
             raise ValueError("the plan has no configurations")
+        cpu = self.planned_for is not None and self.planned_for.kind == "cpu"
         for name, configuration in self.configurations.items():
             configuration.name = name
             if configuration.target_spacing is None:
                 configuration.target_spacing = list(self.target_spacing)
+            configuration.complete_topology(self.config, cpu)
         if self.regions and (self.regions_class_order is None or len(self.regions_class_order) != len(self.regions)):
             raise ValueError(f"{len(self.regions)} region(s) need regions_class_order with one label per region, got {self.regions_class_order}")
         for alias, target in self.aliases.items():

@@ -35,10 +35,9 @@ from torch import nn
 
 from medseg.errors import ConfigError
 from medseg.models.config import ModelConfig
-from medseg.models.registry import build_model, topology_kwargs
-from medseg.models.topology import Topology, resolve_topology
+from medseg.models.registry import build_model, model_topology
 from medseg.schema.checkpoint import CheckpointPayload, ModelSpec
-from medseg.schema.plan import Plan
+from medseg.schema.plan import Plan, Topology
 from medseg.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,7 @@ class NetworkShape:
     @classmethod
     def of(cls, spec: ModelSpec, model: ModelConfig) -> NetworkShape:
         try:
-            topology = resolve_topology(spec.configuration.network_plan(), **topology_kwargs(model))
+            topology = model_topology(model, spec.configuration)
         except ConfigError:
             topology = None
         return cls(spec, model, topology)
@@ -183,10 +182,9 @@ def _quiet_models() -> Iterator[None]:
 def output_head_names(model: ModelConfig, spec: ModelSpec) -> set[str]:
     """State-dict names whose shape follows the number of outputs: the network built on the meta device
     (no memory, no RNG) with ``out_channels`` and with one more, compared."""
-    plan_configuration = spec.configuration.network_plan()
     with torch.random.fork_rng(devices=[]), _quiet_models(), torch.device("meta"):
-        one = build_model(model, spec.in_channels, spec.out_channels, plan_configuration).state_dict()
-        more = build_model(model, spec.in_channels, spec.out_channels + 1, plan_configuration).state_dict()
+        one = build_model(model, spec.in_channels, spec.out_channels, spec.configuration).state_dict()
+        more = build_model(model, spec.in_channels, spec.out_channels + 1, spec.configuration).state_dict()
     return {name for name, tensor in one.items() if name not in more or more[name].shape != tensor.shape}
 
 
@@ -245,7 +243,8 @@ def transfer_weights(network: nn.Module, payload: CheckpointPayload, heads: set[
                           heads_report, sum(count.get(name, 0) for name in loaded), sum(count.values()))
 
 
-def _model_config(payload: CheckpointPayload) -> ModelConfig:
+def model_config_of(payload: CheckpointPayload) -> ModelConfig:
+    """The ``model:`` section the checkpoint's network was built with (its name alone when the section does not validate)."""
     try:
         return ModelConfig(**(payload.config.get("model") or {}))
     except (ValidationError, TypeError):
@@ -269,7 +268,7 @@ def describe_differences(old: NetworkShape, new: NetworkShape) -> tuple[list[str
         if a.features[:shared] != b.features[:shared]:  # another depth alone is said above
             differences.append(f"widths {a.features} vs {b.features}")
             fixes.append(f"--set model.base_features={a.features[0]} --set model.max_features={max(a.features)}")
-    for field in ("norm", "res_block", "unet_res_units", "deep_supervision", "max_depth", "min_feature_size"):
+    for field in ("norm", "res_block", "unet_res_units", "deep_supervision", "max_pooling_steps", "min_feature_map_size"):
         before, after = getattr(old.model, field), getattr(new.model, field)
         if before != after:
             differences.append(f"model.{field} {before} vs {after}")
@@ -285,7 +284,7 @@ def _stage_difference(a: Topology, b: Topology) -> str:
 
 
 def _stage_fixes(old: NetworkShape, new: NetworkShape) -> list[str]:
-    """Stages follow the patch and the spacing (nnU-Net's rule), capped by model.max_depth."""
+    """Stages follow the patch and the spacing (nnU-Net's rule), capped by model.max_pooling_steps."""
     before, after = old.spec.configuration, new.spec.configuration
     fixes = []
     if before.patch_size != after.patch_size:
@@ -293,8 +292,8 @@ def _stage_fixes(old: NetworkShape, new: NetworkShape) -> list[str]:
     if before.target_spacing and before.target_spacing != after.target_spacing:
         fixes.append(f"--set plan.target_spacing={_flat(before.target_spacing)}")
     if old.topology is not None and new.topology is not None and old.topology.n_stages < new.topology.n_stages \
-            and old.model.max_depth == new.model.max_depth:
-        fixes.append(f"--set model.max_depth={old.topology.n_stages - 1}")
+            and old.model.max_pooling_steps == new.model.max_pooling_steps:
+        fixes.append(f"--set model.max_pooling_steps={old.topology.n_stages - 1}")
     return fixes
 
 
@@ -311,7 +310,7 @@ def _flat(value: Any) -> str:
 def check_architecture(path: Path, payload: CheckpointPayload, model: ModelConfig) -> None:
     source = payload.model_spec.name
     if source != model.name:
-        widths = _model_config(payload)
+        widths = model_config_of(payload)
         width = "" if widths.base_features is None else f" --set model.base_features={widths.base_features}"
         width += "" if widths.max_features is None else f" --set model.max_features={widths.max_features}"
         raise ConfigError(f"{path}: --init-from: the checkpoint holds a {source} network but this run builds {model.name}; weights do not "
@@ -344,7 +343,7 @@ def initialise_from(network: nn.Module, source: str | Path, checkpoint: Path, ch
     payload = load_checkpoint(checkpoint)  # torch.load(weights_only=True) onto the CPU
     check_architecture(checkpoint, payload, model)
     report = transfer_weights(network, payload, output_head_names(model, spec), plan)
-    check_enough(checkpoint, report, NetworkShape.of(payload.model_spec, _model_config(payload)), NetworkShape.of(spec, model))
+    check_enough(checkpoint, report, NetworkShape.of(payload.model_spec, model_config_of(payload)), NetworkShape.of(spec, model))
     return dataclasses.replace(report, source=str(source), checkpoint=str(checkpoint), chosen=chosen)
 
 

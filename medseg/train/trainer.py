@@ -37,14 +37,15 @@ from medseg.errors import ConfigError, InputError
 from medseg.infer.predictor import WindowSpec, default_sw_batch_size
 from medseg.io.atomic import write_json
 from medseg.losses import build_loss
-from medseg.models.registry import build_model
+from medseg.models.registry import build_model, model_topology
 from medseg.runtime import Runtime, available_cores, resolve_amp, resolve_device, resolve_runtime, runtime_scope
 from medseg.schema.checkpoint import CheckpointPayload, ModelSpec, TrainingState, ValidationScores
 from medseg.train import distributed
 from medseg.train.checkpoint import capture_rng_state, inference_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.train.environment import environment_report
 from medseg.train.freeze import EncoderFreeze, prime_momentum
-from medseg.train.init_from import TransferReport, fresh_tensor_names, initialise_from, read_report, resolve_init_checkpoint, write_report
+from medseg.train.init_from import (TransferReport, fresh_tensor_names, initialise_from, model_config_of, read_report, resolve_init_checkpoint,
+                                   write_report)
 from medseg.train.loader import PatchSampling, PatchStream, default_workers, make_loader
 from medseg.train.logbook import Logbook
 from medseg.train.progress import TrainingProgress
@@ -89,7 +90,9 @@ class Trainer:
         train = config.train
         self.dist = distributed.init_distributed("cuda" if torch.cuda.is_available() and train.device != "cpu" else "cpu")
         self.plan, info = read_cache(self.cache_dir)
-        self.configuration = self.plan.configuration(train.configuration).with_overrides(train.patch_size, train.batch_size)
+        # train.patch_size and model.* knobs re-derive the plan's network by its own knobs; the checkpoint keeps the result
+        self.configuration = self.plan.configuration(train.configuration).with_overrides(train.patch_size, train.batch_size,
+                                                                                         config.model.shape_overrides())
         if info.preprocessing_hash != self.plan.preprocessing_identity(self.configuration):
             raise InputError(self.cache_dir, f"holds the {info.configuration} grid, not {self.configuration.name}'s; "
                                              f"train from the raw dataset (medseg prepares each configuration's cache)")
@@ -131,7 +134,7 @@ class Trainer:
     def _build(self) -> TrainStep:
         """Network, loss, optimizer and scaler on the device (inside the runtime scope: seeded init)."""
         train = self.config.train
-        network = build_model(self.config.model, self.in_channels, self.plan.num_outputs, self.configuration.network_plan()).to(self.runtime.device)
+        network = build_model(self.config.model, self.in_channels, self.plan.num_outputs, self.configuration).to(self.runtime.device)
         channels_last = train.channels_last and self.configuration.spatial_dims == 3
         if channels_last:
             network = network.to(memory_format=torch.channels_last_3d)
@@ -242,7 +245,7 @@ class Trainer:
         if not path.is_file():
             raise InputError(path, "cannot resume: no last checkpoint in this run folder")
         payload = load_checkpoint(path)  # onto the CPU; tensors move to the device below
-        if payload.model_spec != self.model_spec or payload.training is None:
+        if not self._same_network(payload) or payload.training is None:
             raise ConfigError(f"{path}: the checkpoint's network or resume state differs from the current config; resume with the run's own config.yaml")
         step = self.step
         assert step is not None
@@ -255,6 +258,22 @@ class Trainer:
         if rng is not None:
             restore_rng_state(rng)
         log.info("resumed %s at epoch %d (iteration %d, %.1f min trained)", self.run_dir, payload.epoch, state.iteration, state.elapsed_s / 60)
+
+    def _same_network(self, payload: CheckpointPayload) -> bool:
+        """Whether the checkpoint holds this run's network: the same spec, or (a checkpoint of medseg <= 0.2, whose
+        configuration has no knobs) the same spec apart from the topology, and the same layout once rebuilt."""
+        if payload.model_spec == self.model_spec:
+            return True
+        stored, current = payload.model_spec, self.model_spec
+        if stored.configuration.topology is not None and stored.configuration.topology.knobs is not None:
+            return False
+        unshaped = {"topology": None, "estimated_memory_gb": None}
+        if stored.model_copy(update={"configuration": stored.configuration.model_copy(update=unshaped)}) != \
+                current.model_copy(update={"configuration": current.configuration.model_copy(update=unshaped)}):
+            return False
+        before = model_topology(model_config_of(payload), stored.configuration)
+        after = model_topology(self.config.model, current.configuration)
+        return (before.kernel_sizes, before.strides, before.features) == (after.kernel_sizes, after.strides, after.features)
 
     # --- fine-tuning -----------------------------------------------------------------------
     def _init_from(self) -> None:

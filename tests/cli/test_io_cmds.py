@@ -32,9 +32,9 @@ def test_convert_to_dicom_seg_uses_the_inference_sidecar(series_and_mask, run_cl
     root = series_and_mask
     result = run_cli("convert", root / "case.nii.gz", root / "case_seg.dcm", "--to", "dicom-seg", "--reference", root / "series")
     assert result.code == 0, result.err
-    assert "2 segment(s)" in result.out and "spleen" in result.out  # the empty label is noted
+    assert "3 segment(s)" in result.out and "spleen" in result.out  # the empty label is a segment, and noted
     seg = hd.seg.segread(root / "case_seg.dcm")
-    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == ["liver", "tumor"]
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == ["liver", "tumor", "spleen"]
     algorithm = seg.get_segment_description(1).SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "medseg dynunet" and algorithm.AlgorithmVersion == "feedc0ffee12"
 
@@ -53,3 +53,21 @@ def test_convert_to_dicom_seg_bad_input_is_one_line(series_and_mask, run_cli, rn
     target = run_cli("convert", root / "case.nii.gz", root / "x.dcm", "--to", "rtstruct")
     assert target.code == 2 and "dicom-seg" in target.err
     assert not list(root.glob("x.dcm*")) and not list(root.glob(".x.dcm*"))
+
+
+def test_convert_to_dicom_seg_names_values_from_a_region_dataset_json(series_and_mask, run_cli):
+    """The BraTS dataset.json `medseg dataset import` writes (regions: lists of values) names the mask's values (issue #26.9)."""
+    from medseg.data.importer import dataset_json, resolve_spec
+
+    root = series_and_mask
+    data = dataset_json(resolve_spec(preset="brats2021"), [], root / "source", root / "brats")
+    assert data["labels"]["whole tumor"] == [1, 2, 4]  # the region form that used to be refused
+    (root / "dataset.json").write_text(json.dumps(data))
+    mask = Volume(np.zeros((12, 10, 6), np.uint8), oblique_affine(), "label")
+    mask.array[2:6, 3:7, 1:4], mask.array[7:9, 1:3, 4:6], mask.array[3:5, 4:6, 2:3] = 2, 1, 4  # oedema, necrosis, enhancing
+    write_volume(mask, root / "brats_case.nii.gz")
+    result = run_cli("convert", root / "brats_case.nii.gz", root / "brats_seg.dcm", "--to", "dicom-seg", "--reference", root / "series",
+                     "--labels", root / "dataset.json")
+    assert result.code == 0, result.err
+    seg = hd.seg.segread(root / "brats_seg.dcm")
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == ["necrotic tumor core", "oedema", "enhancing tumor"]

@@ -95,3 +95,24 @@ def test_nan_image_is_refused(tmp_path):
 
     with pytest.raises(InputError, match="case_003.*NaN"):
         compute_fingerprint(load_dataset(make_broken(tmp_path / "broken")), workers=1, progress=False)
+
+
+def test_label_values_dataset_json_does_not_declare_are_refused_even_from_a_reused_fingerprint(tmp_path):
+    """Plan and train fingerprint through load_or_compute_fingerprint: an undeclared value is refused in `dataset check`'s words,
+    also when the label files are unchanged (fingerprint reused) and only dataset.json dropped a label."""
+    import json
+
+    from medseg.data.check import check_dataset
+
+    root = make_msd(tmp_path / "ds", cases=2)
+    path = tmp_path / "work" / "fingerprint.json"
+    load_or_compute_fingerprint(load_dataset(root), path, workers=1, progress=False)
+    data = json.loads((root / "dataset.json").read_text())
+    data["labels"] = {"0": "background", "1": "organ"}
+    (root / "dataset.json").write_text(json.dumps(data))
+    with pytest.raises(InputError) as refused:
+        load_or_compute_fingerprint(load_dataset(root), path, workers=1, progress=False)
+    checked = next(problem for problem in check_dataset(root, workers=1) if problem.check == "undeclared_label")
+    assert refused.value.path == root / "labelsTr" / "case_000.nii.gz" and checked.path == str(refused.value.path)
+    assert refused.value.problem.startswith(checked.message + "; 1 more case(s) like it")
+    assert "label values [2] are not declared in dataset.json (declared: [0, 1])" in refused.value.problem

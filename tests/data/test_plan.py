@@ -14,7 +14,8 @@ from medseg.config.loader import load_config
 from medseg.data.config import PlanConfig
 from medseg.data.dataset import load_dataset
 from medseg.data.fingerprint import compute_fingerprint
-from medseg.data.plan import activation_bytes_per_sample, configurations, load_plan, make_plan, plan_dataset, save_plan, target_spacing, topology
+from medseg.data.plan import activation_bytes_per_sample, configurations, load_plan, make_plan, plan_dataset, save_plan, target_spacing
+from medseg.models.topology import ShapeKnobs, derive_topology
 from medseg.schema import Plan
 
 GPU8 = PlanConfig(device="gpu-8gb")  # nnU-Net's reference machine: these tests check its rules
@@ -57,13 +58,13 @@ def test_anisotropic_axis_with_many_voxels_keeps_the_median():
 
 
 def test_topology_avoids_pooling_thick_slices_first():
-    topo = topology([0.6, 0.6, 3.6], [256, 320, 20], PlanConfig())
-    assert topo["strides"][0] == [1, 1, 1]
-    assert topo["strides"][1] == [2, 2, 1] and topo["kernel_sizes"][0] == [3, 3, 1]
-    assert topo["kernel_sizes"][-1] == [3, 3, 3]
-    assert len(topo["strides"]) == len(topo["kernel_sizes"])
-    total = np.prod(np.array(topo["strides"]), axis=0)
-    assert all(p % t == 0 for p, t in zip(topo["patch_size"], total))
+    topo = derive_topology([0.6, 0.6, 3.6], [256, 320, 20], ShapeKnobs(max_pooling_steps=6))
+    assert topo.strides[0] == [1, 1, 1]
+    assert topo.strides[1] == [2, 2, 1] and topo.kernel_sizes[0] == [3, 3, 1]
+    assert topo.kernel_sizes[-1] == [3, 3, 3]
+    assert len(topo.strides) == len(topo.kernel_sizes)
+    total = np.prod(np.array(topo.strides), axis=0)
+    assert all(p % t == 0 for p, t in zip(topo.patch_size, total))
 
 
 def test_hippocampus_like_shape_gives_the_nnunet_patch():

@@ -134,3 +134,87 @@ def test_dynamo_exporter_gives_the_same_logits(checkpoint, exported, tmp_path):
     assert float((a - b).abs().max()) < 1e-4
     assert OnnxNetwork(dynamo.path).metadata.verification["exporter"] == "dynamo"
     assert np.isclose(dynamo.argmax_agreement, 1.0, atol=1e-3)
+
+
+# --- one model per ONNX folder ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fold_models(tmp_path_factory):
+    """Two models of tiny dynunet folds (3 and 2 folds, other weights) and the 3-fold one exported into a folder."""
+    from tests.export.conftest import fold_folder
+
+    root = tmp_path_factory.mktemp("fold_models")
+    three, two = fold_folder(root / "three", [0, 1, 2]), fold_folder(root / "two", [3, 4])
+    export_onnx(three, root / "three_onnx", threads=1)
+    return {"three": three, "two": two, "three_onnx": root / "three_onnx", "root": root}
+
+
+def _ids(folder) -> dict[str, str]:
+    return {path.name: OnnxNetwork(path).metadata.model_id["id"] for path in sorted(folder.glob("*.onnx"))}
+
+
+def _copy(folder, to):
+    to.mkdir()
+    for path in folder.glob("*.onnx"):
+        (to / path.name).write_bytes(path.read_bytes())
+    return to
+
+
+def test_folder_export_refuses_stale_folds_and_replace_deletes_them(fold_models, tmp_path):
+    out = _copy(fold_models["three_onnx"], tmp_path / "onnx")
+    before = _ids(out)
+    assert sorted(before) == ["fold_0.onnx", "fold_1.onnx", "fold_2.onnx"] and len(set(before.values())) == 1
+    with pytest.raises(InputError, match=r"onnx: already holds fold_2\.onnx, not written by this export.*--replace"):
+        export_onnx(fold_models["two"], out, threads=1)
+    assert _ids(out) == before  # refused before anything was written
+    export_onnx(fold_models["two"], out, threads=1, replace=True)
+    assert sorted(_ids(out)) == ["fold_0.onnx", "fold_1.onnx"]
+    assert load_onnx_model(out).model_id()["id"] == load_model(fold_models["two"]).model_id()["id"]
+
+
+def test_a_failing_fold_leaves_the_folder_as_it_was(fold_models, tmp_path, monkeypatch):
+    from medseg.export import onnx as exporter
+    from tests.export.conftest import fold_folder
+
+    out = _copy(fold_models["three_onnx"], tmp_path / "onnx")
+    before = _ids(out)
+    other = fold_folder(tmp_path / "other", [5, 6, 7])  # the same file names, other weights
+    real, calls = exporter.compare_with_torch, []
+
+    def second_fold_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("ONNX Runtime\nfailed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exporter, "compare_with_torch", second_fold_fails)
+    with pytest.raises(MedsegError, match=r"fold_1.*could not be checked against PyTorch.*RuntimeError: ONNX Runtime failed\)") as error:
+        export_onnx(other, out, threads=1)
+    assert "\n" not in str(error.value)
+    assert _ids(out) == before  # fold_0 passed, but nothing is replaced unless every fold does
+    assert sorted(path.name for path in out.iterdir()) == sorted(before)  # no temporaries left
+
+
+def test_loader_refuses_a_folder_mixing_exports_naming_the_odd_file(fold_models, tmp_path):
+    out = tmp_path / "onnx"
+    export_onnx(fold_models["two"], out, threads=1)
+    (out / "fold_2.onnx").write_bytes((fold_models["three_onnx"] / "fold_2.onnx").read_bytes())  # a stale fold of another export
+    with pytest.raises(InputError, match=r"fold_2\.onnx: comes from another model or export \(model id \w+\) than fold_0\.onnx"):
+        load_onnx_model(out)
+    (out / "fold_2.onnx").unlink()
+    (out / "fold_9.onnx").write_bytes((out / "fold_0.onnx").read_bytes())  # a copied fold would weigh twice
+    with pytest.raises(InputError, match=r"fold_9\.onnx: holds the same network as fold_0\.onnx"):
+        load_onnx_model(out)
+    (out / "fold_9.onnx").unlink()
+    assert len(load_onnx_model(out).networks) == 2
+
+
+def test_export_failures_reach_the_cli_as_one_error_line(checkpoint, tmp_path, run_cli, monkeypatch):
+    from medseg.export import onnx as exporter
+
+    monkeypatch.setattr(exporter, "_divisor", lambda network, patch: (1,) * len(patch))  # a check window the network cannot take
+    result = run_cli("export", "onnx", checkpoint, "-o", tmp_path / "x.onnx", "--threads", "1")
+    assert result.code == 2, result.err
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {checkpoint}: the exported network could not be checked against PyTorch")
+    assert not (tmp_path / "x.onnx").exists()

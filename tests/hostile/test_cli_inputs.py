@@ -197,6 +197,29 @@ def dataset_wrong_channel_count(tmp):
     return _plan_dataset(tmp, root, "case_000.nii.gz", "dataset.json declares 2")
 
 
+def _with_undeclared_label_value(root: Path) -> Path:
+    """One voxel of value 7 in the second case's label map; dataset.json declares 0, 1, 2 (`dataset check` finds it)."""
+    path = root / "labelsTr" / "case_001.nii.gz"
+    image = nib.load(path)
+    array = np.asarray(image.dataobj).copy()
+    array[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(array, image.affine, image.header), path)
+    return path
+
+
+def dataset_label_value_not_declared(tmp):
+    label = _with_undeclared_label_value(b.tiny_dataset(tmp / "undeclared"))
+    return _plan_dataset(tmp, label.parents[1], label, "label values [7] are not declared in dataset.json (declared: [0, 1, 2])")
+
+
+def dataset_label_value_not_declared_train(tmp):
+    """`medseg train` plans a raw dataset first: the same refusal, before any plan, cache or run folder is written."""
+    label = _with_undeclared_label_value(b.tiny_dataset(tmp / "undeclared"))
+    args = ["train", label.parents[1], "-o", tmp / "run", "--set", "preprocess.workers=1", "--set", f"work_dir={tmp / 'out'}"]
+    return b.Hostile(args, label, "label values [7] are not declared in dataset.json", tmp / "out", rss_limit_mb=TORCH_RSS_MB,
+                     not_created=[tmp / "run"])
+
+
 # --- evaluation folders (through `medseg report`) --------------------------------------------------
 
 
@@ -284,7 +307,7 @@ CASES = [
     checkpoint_labels_wrong_type, checkpoint_format_1_config_wrong_type, checkpoint_truncated, empty_run_folder,
     archive_parent_member, archive_absolute_member, archive_symlink_member, archive_corrupt_zip, archive_corrupt_tar_unverified,
     dataset_without_dataset_json, dataset_json_not_json, dataset_labels_not_a_mapping, dataset_image_without_label,
-    dataset_wrong_channel_count,
+    dataset_wrong_channel_count, dataset_label_value_not_declared, dataset_label_value_not_declared_train,
     report_missing_columns, report_empty_cases, report_binary_cases, report_text_in_a_number_column,
     output_is_existing_folder, output_folder_missing, output_parent_is_a_file, output_folder_unwritable,
     markup_closing_tag_name, markup_style_name, markup_in_config_name,

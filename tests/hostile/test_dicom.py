@@ -147,6 +147,17 @@ def test_broken_series_is_refused_naming_the_file(tmp_path, break_series):
         assert "slice_0002.dcm" in outcome.error_lines[0]
 
 
+def test_series_mixing_two_modalities_is_refused(tmp_path):
+    """Slices 1-6 CT, 7-12 MR under one SeriesInstanceUID used to stack into one volume of HU and MR units (issue #26.10)."""
+    array = np.random.default_rng(0).integers(-1000, 1000, (12, 10, 12)).astype(np.int16)
+    files = write_dicom_series(Volume(array, oblique_affine(spacing=(0.8, 0.8, 2.5))), tmp_path / "series")
+    for path in files[6:]:
+        _edit(path, Modality="MR")
+    outcome, out_dir = _convert(tmp_path, tmp_path / "series")
+    assert_refused(outcome, files[6], "Modality is MR but slice_0000.dcm of the same series is CT", out_dir=out_dir)
+    assert "mixes modalities (6 CT, 6 MR slices)" in outcome.error_lines[0]
+
+
 def test_non_dicom_files_among_the_slices_are_skipped(tmp_path):
     folder = tmp_path / "series"
     _series(folder)

@@ -28,7 +28,8 @@ def test_dicom_series_in_gives_a_seg_out(trained, segmenter, tmp_path):
     assert seg_path.is_file() and sidecar["outputs"]["dicom_seg"] == "ct_dicom_seg.dcm"
     mask = read_volume(tmp_path / "out" / "ct_dicom.nii.gz", role="label")
     seg = highdicom.seg.segread(seg_path)
-    present = [int(v) for v in np.unique(mask.array) if v]
-    assert sorted(seg.segment_numbers) == list(range(1, len(present) + 1))
-    names = {seg.get_segment_description(number).segment_label for number in seg.segment_numbers}
-    assert names == {segmenter.model.labels[v] for v in present}
+    named = [k for k in sorted(segmenter.model.labels) if k]  # every label of the model, present in this case or not
+    assert list(seg.segment_numbers) == list(range(1, len(named) + 1))
+    assert [seg.get_segment_description(n).segment_label for n in seg.segment_numbers] == [segmenter.model.labels[k] for k in named]
+    present = {int(v) for v in np.unique(mask.array) if v}
+    assert present and present <= set(named)

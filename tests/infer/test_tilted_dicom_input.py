@@ -41,5 +41,5 @@ def test_tilted_series_mask_is_on_the_corrected_grid_and_the_sidecar_warns(train
     uids = [str(ds.SOPInstanceUID) for ds in reference.datasets]
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False,
                                                 skip_overlap_checks=True, ignore_spatial_locations=True)
-    present = np.asarray([0, *sorted(v for v in np.unique(mask.array) if v)])
-    assert np.array_equal(present[pixels], expected) and expected.any()
+    values = np.asarray([0, *sorted(k for k in segmenter.model.labels if k)])  # segment k is the model's k-th label
+    assert np.array_equal(values[pixels], expected) and expected.any()

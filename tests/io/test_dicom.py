@@ -223,6 +223,17 @@ def test_mixed_orientations_are_refused(series):
         read_dicom_series(folder)
 
 
+def test_a_slice_without_modality_does_not_count_as_a_second_one(series):
+    """Only a slice naming another modality is refused (see tests/hostile/test_dicom.py); an empty Modality says nothing."""
+    volume, folder, files = series
+    edit(files[4], Modality="")
+    np.testing.assert_array_equal(read_dicom_series(folder).array, volume.array)
+    edit(files[5], Modality="PT")
+    with pytest.raises(InputError, match="Modality is PT but .* is CT: one series mixes modalities") as refused:
+        read_dicom_series(folder)
+    assert refused.value.path.name == files[5].name
+
+
 def test_folder_without_dicom_images_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     report = pydicom.Dataset()  # a structured report: DICOM, but no image plane

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import subprocess
 
 import highdicom as hd
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 from medseg.errors import InputError
 from medseg.io import Volume, read_volume
-from medseg.io.dicom_seg import AlgorithmInfo, write_dicom_seg
+from medseg.io.dicom_seg import AlgorithmInfo, EmptyMaskError, write_dicom_seg
 from medseg.io.dicom_write import write_dicom_series
 from medseg.io.geometry import LPS_TO_RAS, affine_from_lps, world_to_voxel
 from tests.io.helpers import oblique_affine
@@ -44,13 +46,15 @@ def seg_labels_in_mask_grid(seg: hd.seg.Segmentation, mask: Volume) -> tuple[np.
 
 
 def assert_seg_equals_mask(path, mask: Volume, labels: dict[int, str]) -> hd.seg.Segmentation:
+    """Every named label is segment 1..N in label order (present or not) and holds exactly the mask's voxels."""
     seg = hd.seg.segread(path)
-    present = [k for k in sorted(labels) if k and (mask.array == k).any()]
-    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == [labels[k] for k in present]
+    named = [k for k in sorted(labels) if k]
+    assert list(seg.segment_numbers) == list(range(1, len(named) + 1))
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.segment_numbers] == [labels[k] for k in named]
     voxels, numbers = seg_labels_in_mask_grid(seg, mask)
     assert (voxels >= 0).all() and (voxels < np.asarray(mask.shape)).all(), "SEG voxels outside the mask grid"
     rebuilt = np.zeros(mask.shape, dtype=np.int32)
-    rebuilt[tuple(voxels.T)] = np.asarray([0, *present])[numbers]  # segment number -> label value
+    rebuilt[tuple(voxels.T)] = np.asarray([0, *named])[numbers]  # segment number -> label value
     assert len(voxels) == int((mask.array > 0).sum())  # no voxel twice, none outside the mask
     assert np.array_equal(rebuilt, mask.array)
     return seg
@@ -84,7 +88,7 @@ def test_oblique_series_reads_back_voxel_for_voxel(oblique_series, tmp_path, rng
     result = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm", algorithm=AlgorithmInfo(model_id="0123abcd"))
     seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
     assert_frames_reference_their_slices(seg, files)
-    assert result.skipped == ["spleen"] and result.generated_uids == []
+    assert result.empty == ["spleen"] and result.generated_uids == []
     source = pydicom.dcmread(files[0], stop_before_pixels=True)
     assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
@@ -150,10 +154,12 @@ def test_mask_on_another_grid_is_refused_without_output(oblique_series, tmp_path
 
 
 def test_empty_mask_and_unnamed_labels_are_refused(oblique_series, tmp_path):
+    """A negative study is refused with its own InputError type (the caller records why there is no SEG)."""
     image, _ = oblique_series
     empty = image.with_array(np.zeros(image.shape, np.uint8), role="label")
-    with pytest.raises(InputError, match="no labelled voxels"):
+    with pytest.raises(EmptyMaskError, match="no labelled voxels") as refused:
         write_dicom_seg(empty, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert isinstance(refused.value, InputError) and "\n" not in str(refused.value)
     unnamed = image.with_array(np.full(image.shape, 9, np.uint8), role="label")
     with pytest.raises(InputError, match=r"label value\(s\) \[9\]"):
         write_dicom_seg(unnamed, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
@@ -173,6 +179,118 @@ def test_segments_carry_snomed_codes_and_laterality(oblique_series, tmp_path, rn
     assert by_name["mystery_blob"].SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "99MEDSEG"
 
 
+def test_segment_numbers_are_the_same_in_every_case_of_a_model(oblique_series, tmp_path):
+    """Segment k is the k-th label the model names, whichever labels a case holds (issue #26.5)."""
+    image, _ = oblique_series
+    expected = {"liver": 1, "tumour": 2, "kidney_left": 3, "spleen": 4, "mystery_blob": 5}
+    for case, present in enumerate([(1, 2, 3), (2, 5), (4,)]):
+        mask = image.with_array(blob_mask(np.random.default_rng(case), image.shape, present), role="label")
+        result = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / f"seg{case}.dcm")
+        seg = hd.seg.segread(tmp_path / f"seg{case}.dcm")
+        assert {seg.get_segment_description(n).SegmentLabel: n for n in seg.segment_numbers} == expected
+        assert sorted(result.empty) == sorted(LABELS[k] for k in LABELS if not (mask.array == k).any())
+
+
+def test_a_label_map_with_gaps_gives_consecutive_segments_that_keep_the_value(oblique_series, tmp_path, rng):
+    """DICOM wants segments 1..N without gaps: BraTS-style labels 1, 2, 4 become segments 1, 2, 3."""
+    image, _ = oblique_series
+    labels = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing tumour"}
+    mask = image.with_array(blob_mask(rng, image.shape, present=(2, 4)), role="label")
+    write_dicom_seg(mask, labels, tmp_path / "oblique", tmp_path / "seg.dcm")
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, labels)
+    assert seg.get_segment_description(3).SegmentDescription == "label 4: enhancing tumour"
+
+
+def _dciodvfy() -> str:
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        pytest.skip("dciodvfy (DICOM's validator, Debian package dicom3tools) is not installed: apt-get install -y dicom3tools")
+    return tool
+
+
+def dciodvfy_errors(tool: str, path) -> list[str]:
+    """The error lines dciodvfy reports for a file it checked as a Segmentation."""
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=300)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert "Segmentation" in lines, f"dciodvfy did not check it as a Segmentation: {lines[:5]}"
+    return [line for line in lines if line.startswith("Error")]
+
+
+def _frames_per_segment(path) -> dict[int, int]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    numbers = [int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for item in ds.PerFrameFunctionalGroupsSequence]
+    return {int(item.SegmentNumber): numbers.count(int(item.SegmentNumber)) for item in ds.SegmentSequence}
+
+
+def test_seg_with_empty_segments_passes_dciodvfy(oblique_series, tmp_path, rng):
+    tool = _dciodvfy()
+    image, _ = oblique_series
+    mask = image.with_array(blob_mask(rng, image.shape, present=(2, 5)), role="label")
+    write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    frames = _frames_per_segment(tmp_path / "seg.dcm")
+    assert sorted(frames) == [1, 2, 3, 4, 5] and frames[1] == frames[3] == frames[4] == 0 and frames[2] > 0
+    assert dciodvfy_errors(tool, tmp_path / "seg.dcm") == []
+
+
+def test_exact_duplicate_file_is_dropped_as_the_reader_drops_it(oblique_series, tmp_path, rng):
+    """A copied file (a PACS export quirk): the reader reads the series, so the SEG writer takes it too (issue #26.3)."""
+    image, files = oblique_series
+    shutil.copy(files[3], files[3].with_name("copy_of_a_slice.dcm"))
+    assert read_volume(tmp_path / "oblique").shape == image.shape
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    result = write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert result.frames_referenced == image.shape[2]
+    seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, LABELS)
+    assert_frames_reference_their_slices(seg, files)
+
+
+def test_duplicates_that_differ_are_refused_by_writer_and_reader_alike(oblique_series, tmp_path, rng):
+    image, files = oblique_series
+    ds = pydicom.dcmread(files[3])
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(files[3].with_name("another_volume.dcm"))
+    with pytest.raises(InputError) as reader:
+        read_volume(tmp_path / "oblique")
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    with pytest.raises(InputError) as writer:
+        write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert writer.value.problem.startswith("duplicate slice positions") and writer.value.problem == reader.value.problem
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_slices_sharing_one_sop_instance_uid_are_refused(oblique_series, tmp_path, rng):
+    """Bad anonymisation: one SOPInstanceUID for every slice would make each frame's source reference ambiguous."""
+    image, files = oblique_series
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.1"
+        ds.save_as(path)
+    assert read_volume(tmp_path / "oblique").shape == image.shape  # the reader has no use for the UIDs
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    with pytest.raises(InputError, match=r"9 of the series' 9 slices share 1 SOPInstanceUID\(s\)") as refused:
+        write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert refused.value.path == tmp_path / "oblique" and "\n" not in str(refused.value)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_series_mixing_modalities_is_refused_as_the_reader_refuses_it(oblique_series, tmp_path, rng):
+    """The writer accepts exactly what the reader accepts: CT and MR slices under one series are refused by both."""
+    image, files = oblique_series
+    for path in files[4:]:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(path)
+    with pytest.raises(InputError, match="mixes modalities") as by_reader:
+        read_volume(tmp_path / "oblique")
+    mask = image.with_array(blob_mask(rng, image.shape), role="label")
+    with pytest.raises(InputError, match="mixes modalities") as by_writer:
+        write_dicom_seg(mask, LABELS, tmp_path / "oblique", tmp_path / "seg.dcm")
+    assert by_writer.value.problem == by_reader.value.problem and not (tmp_path / "seg.dcm").exists()
+
+
 # --- the real, badly anonymised TotalSegmentator CT series -------------------------------------------
 def test_real_ct_series_seg_equals_its_nifti_mask(shared_file, tmp_path, caplog):
     series = shared_file("totalseg_example/ct_dicom")
@@ -184,7 +302,8 @@ def test_real_ct_series_seg_equals_its_nifti_mask(shared_file, tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         result = write_dicom_seg(mask, labels, series, tmp_path / "seg.dcm", algorithm=AlgorithmInfo(name="TotalSegmentator", version="2"))
     present = sorted(int(v) for v in np.unique(mask.array) if v)
-    assert [s.label for s in result.segments] == present and len(present) == 31
+    assert [s.label for s in result.segments] == list(range(1, 118))  # every structure of the model, 86 of them empty
+    assert [s.label for s in result.segments if s.voxels] == present and len(present) == 31 and len(result.empty) == 86
     assert result.generated_uids == ["StudyInstanceUID", "SeriesInstanceUID"] and "derived from its SOP instance UIDs" in caplog.text
     seg = assert_seg_equals_mask(tmp_path / "seg.dcm", mask, labels)
     assert_frames_reference_their_slices(seg, files)  # SOP instance UIDs came from the file meta
@@ -193,6 +312,19 @@ def test_real_ct_series_seg_equals_its_nifti_mask(shared_file, tmp_path, caplog)
     liver = next(n for n in seg.segment_numbers if seg.get_segment_description(n).SegmentLabel == "liver")
     assert seg.get_segment_description(liver).SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == digests
+
+
+def test_real_ct_seg_passes_dciodvfy_with_standard_codes(shared_file, tmp_path):
+    """DICOM's validator finds no error in the SEG of the real CT (117 segments, 86 of them empty), and every
+    segment carries a SNOMED CT type (none the private 99MEDSEG code)."""
+    tool = _dciodvfy()
+    mask = read_volume(shared_file("totalseg_example/seg_v2/example_seg_dicom.nii.gz"), role="label")
+    names = json.loads(shared_file("totalseg_example/label_map.json").read_text())["total"]
+    write_dicom_seg(mask, {int(k): v for k, v in names.items()}, shared_file("totalseg_example/ct_dicom"), tmp_path / "seg.dcm",
+                    algorithm=AlgorithmInfo(name="TotalSegmentator", version="2"))
+    assert dciodvfy_errors(tool, tmp_path / "seg.dcm") == []
+    segments = pydicom.dcmread(tmp_path / "seg.dcm", stop_before_pixels=True).SegmentSequence
+    assert len(segments) == 117 and {item.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator for item in segments} == {"SCT"}
 
 
 def test_series_is_picked_from_a_folder_holding_several(tmp_path, rng):
@@ -237,6 +369,6 @@ def test_tilted_or_uneven_series_gets_frames_on_its_own_slices(tmp_path, rng, la
     uids = list(truth)
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False,
                                                 skip_overlap_checks=True, ignore_spatial_locations=True)
-    present = [0, *[k for k in sorted(labels) if (labels_on_slices == k).any()]]
+    present = [0, *sorted(labels)]  # segment number -> label value
     for uid, frame in zip(uids, pixels):
         assert np.array_equal(np.asarray(present)[frame], truth[uid])

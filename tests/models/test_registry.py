@@ -108,7 +108,7 @@ def test_dynunet_norm_choice():
 
 
 def test_dynunet_without_plan_uses_spatial_dims_and_depth():
-    model = build_model(ModelConfig(base_features=4, spatial_dims=2, max_depth=3), 1, 2, None).eval()
+    model = build_model(ModelConfig(base_features=4, spatial_dims=2, max_pooling_steps=3), 1, 2, None).eval()
     assert model(torch.randn(1, 1, 16, 24)).shape == (1, 2, 16, 24)
 
 

@@ -134,12 +134,12 @@ def test_too_little_in_common_says_what_differs_and_how_to_fix_it(tiny_cache, so
 
 def test_another_depth_is_refused_even_when_shapes_match(tiny_cache, source_run, tmp_path):
     """dynunet names decoder levels from the bottleneck up: at another depth same-shaped tensors land at other levels."""
-    trainer = Trainer(tiny_config(*FAST, "model.max_depth=2", f"train.init_from={source_run}"), tiny_cache, tmp_path / "ft", progress=False)
+    trainer = Trainer(tiny_config(*FAST, "model.max_pooling_steps=2", f"train.init_from={source_run}"), tiny_cache, tmp_path / "ft", progress=False)
     with pytest.raises(ConfigError) as caught:
         trainer.fit()
     message = str(caught.value)
     assert "the checkpoint's network has 4 stages and this run's 3" in message and "depth 4 vs 3 stages" in message
-    assert "--set model.max_depth=null" in message
+    assert "--set model.max_pooling_steps=null" in message
 
 
 def test_stage_differences_name_the_patch_and_spacing(source_run):
@@ -152,7 +152,7 @@ def test_stage_differences_name_the_patch_and_spacing(source_run):
     differences, fixes = describe_differences(NetworkShape.of(spec, model), NetworkShape.of(bigger, model))
     assert differences[0] == "in-channels 1 vs 2 (the data's modalities; the first convolution stays new)"
     assert differences[1].startswith("depth 4 vs 5 stages") and "patch [32, 32, 16] at [3.0, 3.0, 6.0] mm vs [64, 64, 32]" in differences[1]
-    assert fixes == ["--set train.patch_size=[32,32,16]", "--set plan.target_spacing=[3.0,3.0,6.0]", "--set model.max_depth=3"]
+    assert fixes == ["--set train.patch_size=[32,32,16]", "--set plan.target_spacing=[3.0,3.0,6.0]", "--set model.max_pooling_steps=3"]
 
 
 def test_run_folder_resolution(tmp_path):
