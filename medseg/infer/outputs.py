@@ -21,16 +21,17 @@ report` skip uncertainty maps and instance maps whose case sits beside them (:da
 The transaction (:func:`write_case`), so that after any failure or kill a case has either a complete,
 current set of files or no sidecar at all:
 
-1. *retire*: the case's old sidecar is removed first, then its old files (an older run's probabilities
-   or SEG never stay beside a new mask);
+1. *retire*: the case's old sidecar is removed first, then the files it listed (an older run's
+   probabilities or SEG never stay beside a new mask; nothing it did not list is touched);
 2. *stage*: every file is written into a hidden folder beside the outputs (``.<case>.json.<random>.tmp``);
 3. *publish*: the staged files are renamed into place, the sidecar last.
 
 Optional outputs never cost the primary one: a per-class mask, probability file, uncertainty map,
-instance map or DICOM-SEG that cannot be written is left out, its reason goes to the sidecar's
-``not_written`` (and, for the SEG, ``dicom_seg.reason``) and to one warning line; the mask and sidecar
-are still published. `--skip-existing` trusts a case only when its sidecar names every file it lists
-as present and the model that made it is the one running (:func:`incomplete_reason`).
+instance map or DICOM-SEG that cannot be written (or published) is left out, its reason goes to the
+sidecar's ``not_written`` (``{"reason", "input"}``; for the SEG also ``dicom_seg.reason``) and to one
+warning line; the mask and sidecar are still published. `--skip-existing` trusts a case only when the
+files its sidecar lists are all there, the model that made it is the one running, and every optional
+output asked for is there or was refused because of the input (:func:`incomplete_reason`).
 
 The sidecar holds no patient identifiers: no names, IDs, dates or source paths, only the case
 name the user's file was given, geometry, per-label volumes and the model's id.
@@ -110,10 +111,16 @@ class OutputPaths:
         """Every single file this case may write beside the mask (the per-class folder aside), the sidecar last."""
         return (self.mask, self.probabilities, self.dicom_seg, self.entropy, self.mutual_information, self.instances, self.lesions, self.sidecar)
 
+    @property
+    def staging_key(self) -> str:
+        """How :func:`medseg.io.atomic.leftover_temporaries` keys this case's staging folder (no output file has this name)."""
+        return f"{self.sidecar.name[:TEMPORARY_NAME_LIMIT]}.staging"
+
     def names(self) -> list[str]:
-        """Every name this case writes in the output folder (files, and the per-class folder), as
-        :func:`medseg.io.atomic.leftover_temporaries` keys them (the staging folder is keyed by the sidecar's name)."""
-        return [p.name[:TEMPORARY_NAME_LIMIT] for p in self.files()] + [self.per_class_dir.name]
+        """The names under which this case leaves temporaries in the output folder, as
+        :func:`medseg.io.atomic.leftover_temporaries` keys them: its staging folder, the sidecar's temporary, and a mask
+        temporary of older medseg. Never a side file's name: ``<case>_entropy.nii.gz`` may be another case's mask."""
+        return [self.staging_key, self.sidecar.name[:TEMPORARY_NAME_LIMIT], self.mask.name[:TEMPORARY_NAME_LIMIT]]
 
 
 def safe_name(name: str) -> str:
@@ -152,13 +159,28 @@ class CaseWrite:
 # ---------------------------------------------------------------- the optional outputs medseg infer writes
 
 
+def per_class_files(names: dict[int, str]) -> dict[int, str]:
+    """Label value -> its per-class file name: the label's safe name, plus ``_<value>`` where two names would give one
+    file (``left kidney``/``left/kidney``; ``Liver``/``liver`` on a case-insensitive file system)."""
+    taken: set[str] = set()
+    files = {}
+    for index, name in sorted(names.items()):
+        if index == 0:
+            continue
+        stem = safe_name(name)
+        stem = f"{stem}_{index}" if stem.lower() in taken else stem
+        taken.add(stem.lower())
+        files[index] = f"{stem}.nii.gz"
+    return files
+
+
 def per_class_output(labels: np.ndarray, reference: Volume, names: dict[int, str], paths: OutputPaths) -> OptionalOutput:
     def write(staged: Callable[[Path], Path]) -> tuple[list[Path], None]:
-        finals = [paths.per_class_dir / f"{safe_name(name)}.nii.gz" for index, name in sorted(names.items()) if index != 0]
+        files = per_class_files(names)
         staged(paths.per_class_dir).mkdir(exist_ok=True)
-        for index, final in zip((k for k in sorted(names) if k != 0), finals):
-            write_label_map((labels == index).view(np.uint8), reference, staged(final))
-        return finals, None
+        for index, file in files.items():
+            write_label_map((labels == index).view(np.uint8), reference, staged(paths.per_class_dir / file))
+        return [paths.per_class_dir / file for file in files.values()], None
 
     return OptionalOutput("per_class", write)
 
@@ -224,30 +246,42 @@ def _listed_files(document: dict[str, Any], paths: OutputPaths) -> list[Path] | 
     return [paths.folder / name for name in names if isinstance(name, str)]
 
 
-def _own_per_class_files(paths: OutputPaths, names: Iterable[str], old: dict[str, Any] | None) -> set[Path]:
-    """Per-class masks of this case: this model's label files and any the old sidecar listed, never other files of that folder."""
-    own = {paths.per_class_dir / f"{safe_name(name)}.nii.gz" for name in names}
-    for listed in (_listed_files(old, paths) or []) if old else []:
-        if listed.parent == paths.per_class_dir:
-            own.add(listed)
-    return own
+def _own_listed_files(old: dict[str, Any] | None, paths: OutputPaths) -> list[Path]:
+    """What an old sidecar of this case vouched for, limited to names this case can own (its side files and per-class
+    masks): a hand-edited sidecar never makes the retire step delete anything else."""
+    if old is None:
+        return []
+    own = set(paths.files())
+    return [path for path in _listed_files(old, paths) or [] if path in own or path.parent == paths.per_class_dir]
 
 
-def retire_case(paths: OutputPaths, label_names: Iterable[str] = ()) -> None:
-    """Remove a case's previous outputs, its sidecar first: from then on no old sidecar vouches for a new or missing file."""
+def retire_case(paths: OutputPaths) -> None:
+    """Remove a case's previous outputs, its sidecar first: from then on no old sidecar vouches for a new or missing file.
+
+    Only what the old sidecar listed goes (and the mask, which is rewritten anyway): a file medseg did not write
+    for this case, another case's mask named like a side file, or a user's file in the per-class folder stays.
+    """
     old = _old_sidecar(paths)
     paths.sidecar.unlink(missing_ok=True)
-    for path in paths.files():
+    for path in [*_own_listed_files(old, paths), paths.mask]:
         path.unlink(missing_ok=True)
     if paths.per_class_dir.is_dir():
-        for path in _own_per_class_files(paths, label_names, old):
-            path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: the folder holds files medseg did not write
             paths.per_class_dir.rmdir()
 
 
-def incomplete_reason(paths: OutputPaths, model_id: str | None = None) -> str | None:
-    """Why a case's outputs cannot be trusted as complete (None: they can). ``--skip-existing`` skips only those."""
+#: Optional output -> the sidecar ``outputs`` entry that names its (first) file.
+_OUTPUT_ENTRY = {"per_class": "per_class", "probabilities": "probabilities", "uncertainty": "entropy", "instances": "instances",
+                 "dicom_seg": "dicom_seg"}
+
+
+def incomplete_reason(paths: OutputPaths, model_id: str | None = None, wanted: Iterable[str] = ()) -> str | None:
+    """Why a case's outputs cannot be trusted as complete (None: they can). ``--skip-existing`` skips only those.
+
+    Complete: the sidecar names files that are all there, the running model made them, and each ``wanted`` optional
+    output (:class:`OptionalOutput` keys) is there or was refused because of the input (a negative study's SEG):
+    one that failed for another reason (a full disk) is tried again.
+    """
     if not paths.sidecar.is_file():
         return "no sidecar"
     document = _old_sidecar(paths)
@@ -262,30 +296,50 @@ def incomplete_reason(paths: OutputPaths, model_id: str | None = None) -> str | 
     made_by = (document.get("model") or {}).get("id") if isinstance(document.get("model"), dict) else None
     if model_id is not None and made_by != model_id:
         return f"it was made by model {made_by}, not by {model_id}"
+    outputs = document.get("outputs") if isinstance(document.get("outputs"), dict) else {}
+    refused = document.get("not_written") if isinstance(document.get("not_written"), dict) else {}
+    for key in wanted:
+        record = refused.get(key)
+        if not outputs.get(_OUTPUT_ENTRY[key]) and not (isinstance(record, dict) and record.get("input")):
+            return f"its {key.replace('_', '-')} was asked for and is not there"
     return None
 
 
 def _staging_folder(paths: OutputPaths) -> Path:
     """A hidden folder beside the outputs, named so :func:`medseg.io.atomic.leftover_temporaries` keys it by the sidecar."""
-    return Path(tempfile.mkdtemp(prefix=f".{paths.sidecar.name[:TEMPORARY_NAME_LIMIT]}.", suffix=".tmp", dir=paths.folder))
+    return Path(tempfile.mkdtemp(prefix=f".{paths.staging_key}.", suffix=".tmp", dir=paths.folder))
 
 
-def _stage_optional(output: OptionalOutput, staged: Callable[[Path], Path], case: str) -> tuple[list[Path], dict | None, str | None]:
+def _left_out(key: str, error: Exception, case: str) -> dict[str, Any]:
+    """An optional output that failed: warned once, recorded (``input``: refused because of the input, not retried)."""
+    reason = _reason(error)
+    log.warning("%s: %s not written: %s", case, key.replace("_", "-"), reason)
+    log.debug("writing %s of %s failed", key, case, exc_info=error)
+    return {"reason": reason, "input": isinstance(error, InputError)}
+
+
+def _stage_optional(output: OptionalOutput, staged: Callable[[Path], Path], case: str) -> tuple[list[Path], dict | None, dict | None]:
     try:
         finals, record = output.write(staged)
         return finals, record, None
     except Exception as error:  # an optional output never costs the mask: recorded, warned, left out
-        reason = _reason(error)
-        log.warning("%s: %s not written: %s", case, output.key.replace("_", "-"), reason)
-        log.debug("writing %s of %s failed", output.key, case, exc_info=error)
-        return [], None, reason
+        return [], None, _left_out(output.key, error, case)
+
+
+#: An absolute path's folders (POSIX or Windows), quoted (spaces allowed) or bare: reasons name files by their name only.
+_QUOTED_FOLDERS = re.compile(r"""(['"])(?:[A-Za-z]:)?[/\\][^'"]*[/\\]([^'"/\\]*)\1""")
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+")
 
 
 def _reason(error: Exception) -> str:
-    """One line for the sidecar and the log: a file named by its name only (folders can hold patient names)."""
+    """One line for the sidecar and the log: files named by their name only (folders can hold patient names)."""
     if isinstance(error, InputError) and error.path is not None:
-        return f"{error.path.name}: {error.problem}"
-    return describe_error(error)
+        text = f"{error.path.name}: {error.problem}"
+    elif isinstance(error, OSError) and error.strerror:
+        text = f"{type(error).__name__}: {error.strerror}" + (f" ({Path(error.filename).name})" if error.filename else "")
+    else:
+        text = describe_error(error)
+    return _FOLDERS.sub("", _QUOTED_FOLDERS.sub(r"\1\2\1", text))
 
 
 def _publish(staging: Path, finals: list[Path], paths: OutputPaths) -> list[Path]:
@@ -304,6 +358,19 @@ def _publish(staging: Path, finals: list[Path], paths: OutputPaths) -> list[Path
     return published
 
 
+def _publish_optional(staging: Path, staged: list[tuple[str, list[Path]]], paths: OutputPaths, case: str,
+                      not_written: dict[str, dict]) -> list[Path]:
+    """Each optional output's files go in together or not at all; one that cannot (a file where its folder should be)
+    is left out and recorded, never costing the mask already published."""
+    published: list[Path] = []
+    for key, finals in staged:
+        try:
+            published += _publish(staging, finals, paths)
+        except Exception as error:
+            not_written[key] = _left_out(key, error, case)
+    return published
+
+
 def write_case(labels: np.ndarray, reference: Volume, names: dict[int, str], sidecar: dict[str, Any], paths: OutputPaths,
                optional: Iterable[OptionalOutput] = ()) -> CaseWrite:
     """Retire the case's old outputs, stage the mask and every optional output, publish them, the sidecar last.
@@ -311,8 +378,9 @@ def write_case(labels: np.ndarray, reference: Volume, names: dict[int, str], sid
     The mask and the sidecar are the case: if either fails, nothing of the case is left (and the error
     is raised). An optional output that fails is left out and recorded (:class:`CaseWrite.not_written`).
     """
-    retire_case(paths, names.values())
+    retire_case(paths)
     staging = _staging_folder(paths)
+    case = str(sidecar.get("case", paths.mask.name))
     published: list[Path] = []
     try:
 
@@ -320,17 +388,18 @@ def write_case(labels: np.ndarray, reference: Volume, names: dict[int, str], sid
             return staging / final.relative_to(paths.folder)
 
         write_label_map(labels, reference, staged(paths.mask))
-        finals, records, not_written = [paths.mask], {}, {}
+        staged_outputs, records, not_written = [], {}, {}
         for output in optional:
-            written, record, reason = _stage_optional(output, staged, sidecar.get("case", paths.mask.name))
-            finals += written
-            if reason is not None:
-                not_written[output.key] = reason
-            elif record is not None:
+            written, record, left_out = _stage_optional(output, staged, case)
+            if left_out is not None:
+                not_written[output.key] = left_out
+                continue
+            staged_outputs.append((output.key, written))
+            if record is not None:
                 records[output.key] = record
-        published = _publish(staging, finals, paths)
-        document = _sidecar_document(sidecar, paths, finals, records, not_written)
-        write_json(paths.sidecar, document, make_parents=False)
+        published = _publish(staging, [paths.mask], paths)
+        published += _publish_optional(staging, staged_outputs, paths, case, not_written)
+        write_json(paths.sidecar, _sidecar_document(sidecar, paths, published, records, not_written), make_parents=False)
     except BaseException:
         for path in published:
             path.unlink(missing_ok=True)
@@ -339,11 +408,11 @@ def write_case(labels: np.ndarray, reference: Volume, names: dict[int, str], sid
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return CaseWrite([*finals, paths.sidecar], not_written)
+    return CaseWrite([*published, paths.sidecar], {key: entry["reason"] for key, entry in not_written.items()})
 
 
 def _sidecar_document(sidecar: dict[str, Any], paths: OutputPaths, finals: list[Path], records: dict[str, dict],
-                      not_written: dict[str, str]) -> dict[str, Any]:
+                      not_written: dict[str, dict]) -> dict[str, Any]:
     """The sidecar: what the segmenter measured, plus the files it vouches for and the optional outputs left out."""
     written = set(finals)
     document = dict(sidecar)
@@ -361,7 +430,7 @@ def _sidecar_document(sidecar: dict[str, Any], paths: OutputPaths, finals: list[
                                 "lesions": paths.lesions.name if paths.lesions in written else None}
     if "dicom_seg" in records or "dicom_seg" in not_written:
         document["dicom_seg"] = {"file": document["outputs"]["dicom_seg"], **(records.get("dicom_seg") or {}),
-                                 "reason": not_written.get("dicom_seg")}
+                                 "reason": (not_written.get("dicom_seg") or {}).get("reason")}
     document["not_written"] = dict(not_written)
     document["files"] = [str(p.relative_to(paths.folder)) for p in finals]
     return document

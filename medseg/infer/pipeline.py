@@ -124,27 +124,36 @@ def _single_file_output(out: Path) -> bool:
     return out.name.endswith(MASK_SUFFIXES) and not out.is_dir()
 
 
+def _wanted(segmenter: Segmenter) -> tuple[str, ...]:
+    """The optional outputs this run asks for (:class:`medseg.infer.outputs.OptionalOutput` keys)."""
+    config = segmenter.config
+    asked = {"per_class": config.per_class, "probabilities": config.save_probabilities, "uncertainty": segmenter.uncertainty,
+             "instances": segmenter.instances is not None, "dicom_seg": config.dicom_seg}
+    return tuple(key for key, on in asked.items() if on)
+
+
 def _select(cases: list[CaseSource], out: Path, single_file: bool, shard: tuple[int, int] | None, skip_existing: bool,
-            report: InferReport, model_id: str) -> list[CaseSource]:
+            report: InferReport, segmenter: Segmenter) -> list[CaseSource]:
     chosen = []
     leftovers = leftover_temporaries(out.parent if single_file else out)
+    model_id, wanted = segmenter.model.model_id()["id"], _wanted(segmenter)
     for case in cases:
         if not in_shard(case.name, shard):
             continue
         paths = output_paths(out, case.name, single_file)
-        if skip_existing:
-            reason = incomplete_reason(paths, model_id)
-            if reason is None:
-                report.skipped.append(case.name)
-                continue
-            if reason != "no sidecar":
-                log.info("%s: redone (%s)", case.name, reason)
         for stale in (t for name in paths.names() for t in leftovers.get(name, [])):  # this case's own: never other shards'
             log.info("removing %s, left by an interrupted run", stale.name)
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
+        if skip_existing:
+            reason = incomplete_reason(paths, model_id, wanted)
+            if reason is None:
+                report.skipped.append(case.name)
+                continue
+            if reason != "no sidecar":
+                log.info("%s: redone (%s)", case.name, reason)
         chosen.append(case)
     return chosen
 
@@ -281,7 +290,7 @@ def infer(
         raise InputError(out, "exists and is not a folder; give an output folder (or a .nii.gz name for one case)")
     (out.parent if single_file else out).mkdir(parents=True, exist_ok=True)
     report = InferReport()
-    cases = _select(discovery.cases, out, single_file, shard, skip_existing, report, segmenter.model.model_id()["id"])
+    cases = _select(discovery.cases, out, single_file, shard, skip_existing, report, segmenter)
     segmenter.expected_cases = max(len(cases), 1)
     _run_cases(segmenter, cases, series, _Writer(segmenter, out, single_file, report), report, progress)
     report.seconds = time.perf_counter() - started

@@ -74,7 +74,7 @@ def test_a_failing_optional_output_keeps_the_mask_and_records_why(tmp_path, case
     document = json.loads(paths.sidecar.read_text())
     assert paths.mask.is_file() and paths.probabilities.is_file()
     assert "the SEG writer broke" in written.not_written["dicom_seg"]
-    assert document["not_written"]["dicom_seg"] == written.not_written["dicom_seg"]
+    assert document["not_written"]["dicom_seg"] == {"reason": written.not_written["dicom_seg"], "input": False}
     assert document["dicom_seg"]["file"] is None and "the SEG writer broke" in document["dicom_seg"]["reason"]
     assert document["outputs"]["dicom_seg"] is None
     assert [r.levelname for r in caplog.records if "dicom-seg not written" in r.getMessage()] == ["WARNING"]
@@ -149,3 +149,67 @@ def test_sidecars_of_older_medseg_are_read_by_their_outputs(tmp_path, case):
     assert incomplete_reason(paths, "abc") is None
     (paths.per_class_dir / "tumor.nii.gz").unlink()
     assert incomplete_reason(paths, "abc") == "its sidecar names tumor.nii.gz, which is missing"
+
+
+def test_retire_never_deletes_another_cases_files_named_like_side_files(tmp_path, case):
+    """Case ``scan_entropy`` (a mask named like scan's entropy map) and ``scan_lesions`` (a sidecar named like scan's
+    lesion records) are other cases: rewriting ``scan`` leaves them whole."""
+    labels, reference = case
+    for other in ("scan_entropy", "scan_lesions"):
+        write_case(labels, reference, NAMES, _sidecar() | {"case": other}, output_paths(tmp_path, other))
+    _write(tmp_path, case)
+    _write(tmp_path, case)  # a rerun of scan: its retire step runs with an old sidecar in place
+    for other in ("scan_entropy", "scan_lesions"):
+        assert incomplete_reason(output_paths(tmp_path, other), "abc") is None, other
+
+
+def test_single_file_output_leaves_the_users_neighbouring_files_alone(tmp_path, case):
+    labels, reference = case
+    (tmp_path / "seg").mkdir()
+    mine = [tmp_path / "seg" / "liver.nii.gz", tmp_path / "seg_probabilities.npz", tmp_path / "seg_seg.dcm"]
+    for path in mine:
+        path.write_bytes(b"the user's own file")
+    paths = output_paths(tmp_path / "seg.nii.gz", "ignored", single_file=True)
+    write_case(labels, reference, NAMES, _sidecar(), paths)
+    assert all(path.read_bytes() == b"the user's own file" for path in mine)
+    assert json.loads(paths.sidecar.read_text())["files"] == ["seg.nii.gz"]
+
+
+def test_per_class_names_that_would_share_a_file_get_their_own(tmp_path, case):
+    labels, reference = case
+    names = {0: "background", 1: "left kidney", 2: "Left/Kidney"}
+    paths = output_paths(tmp_path, "scan")
+    write_case(labels, reference, names, _sidecar(), paths, [per_class_output(labels, reference, names, paths)])
+    assert json.loads(paths.sidecar.read_text())["outputs"]["per_class"] == ["scan/left_kidney.nii.gz", "scan/Left_Kidney_2.nii.gz"]
+    np.testing.assert_array_equal(read_volume(paths.per_class_dir / "Left_Kidney_2.nii.gz", role="label").array, labels == 2)
+
+
+def test_an_optional_output_that_cannot_be_published_never_costs_the_mask(tmp_path, case):
+    (tmp_path / "scan").write_text("a file where the per-class folder should be")
+    paths, written = _write(tmp_path, case, ("per_class", "probabilities"))
+    document = json.loads(paths.sidecar.read_text())
+    assert "per_class" in written.not_written and document["files"] == ["scan.nii.gz", "scan_probabilities.npz"]
+    assert document["outputs"]["per_class"] == [] and paths.mask.is_file() and _leftovers(tmp_path) == []
+
+
+def test_skip_existing_redoes_a_case_lacking_an_output_now_asked_for(tmp_path, case):
+    from medseg.errors import InputError
+
+    paths, _ = _write(tmp_path, case)
+    assert incomplete_reason(paths, "abc", ["dicom_seg"]) == "its dicom-seg was asked for and is not there"
+    _write(tmp_path, case, extra=[_failing("dicom_seg", OSError(28, "No space left on device", "/out/scan_seg.dcm"))])
+    assert incomplete_reason(paths, "abc", ["dicom_seg"]) is not None, "a full disk is tried again"
+    _write(tmp_path, case, extra=[_failing("dicom_seg", InputError("/patients/ct", "mask has no labelled voxels"))])
+    assert incomplete_reason(paths, "abc", ["dicom_seg"]) is None, "a SEG refused because of the input is not retried"
+    _write(tmp_path, case, ("probabilities",))
+    assert incomplete_reason(paths, "abc", ["probabilities"]) is None
+
+
+def test_reasons_name_files_never_their_folders(tmp_path, case):
+    error = OSError(28, "No space left on device", "/patients/Jane Doe 1970/out/scan_seg.dcm")
+    paths, written = _write(tmp_path, case, extra=[_failing("dicom_seg", error)])
+    assert written.not_written["dicom_seg"] == "OSError: No space left on device (scan_seg.dcm)"
+    boom = RuntimeError("cannot open '/patients/Jane Doe 1970/ct/0001.dcm' or /patients/jd/ct/0002.dcm")
+    _, written = _write(tmp_path, case, extra=[_failing("dicom_seg", boom)])
+    assert "Jane" not in written.not_written["dicom_seg"] and "jd" not in written.not_written["dicom_seg"]
+    assert "0001.dcm" in written.not_written["dicom_seg"]

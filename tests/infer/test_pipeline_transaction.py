@@ -51,7 +51,7 @@ def test_a_negative_study_keeps_its_mask_and_sidecar_with_dicom_seg(trained, ct_
     sidecar = json.loads((out / "ct_dicom.json").read_text())
     record = sidecar["dicom_seg"]  # no SEG for an empty mask (medseg.io.dicom_seg.EmptyMaskError): the reason, warned once
     assert record["file"] is None and "no labelled voxels" in record["reason"], record
-    assert sidecar["not_written"]["dicom_seg"] == record["reason"] and not (out / "ct_dicom_seg.dcm").exists()
+    assert sidecar["not_written"]["dicom_seg"] == {"reason": record["reason"], "input": True} and not (out / "ct_dicom_seg.dcm").exists()
     assert stderr.count("dicom-seg not written") == 1 and "Traceback" not in stderr, stderr
     assert incomplete_reason(output_paths(out, "ct_dicom"), sidecar["model"]["id"]) is None
     code, _ = _cli("infer", str(trained["run"]), str(ct_series), "-o", str(out), "--dicom-seg", "--skip-existing", *NOTHING_FOUND, *THREADS)
@@ -111,3 +111,21 @@ def test_a_kill_at_any_point_of_a_rewrite_leaves_no_sidecar(trained, complete_ru
     assert document["files"] == ["scan.nii.gz", "scan/liver.nii.gz", "scan/tumor.nii.gz"]
     assert incomplete_reason(paths, document["model"]["id"]) is None
     assert not [p.name for p in out.rglob(".*")], "no temporary or staging folder left"
+
+
+def test_skip_existing_cleans_a_finished_cases_staging_folder_and_redoes_what_is_newly_asked(trained, complete_run, tmp_path):
+    """A kill after the sidecar but before the staging folder went leaves it behind: removed on the next run even
+    though the case is complete; asking for per-class masks now redoes a case written without them."""
+    cases, complete = complete_run
+    out = tmp_path / "out"
+    shutil.copytree(complete, out)
+    stale = out / f".{output_paths(out, 'scan').staging_key}.k1ll3d.tmp"
+    stale.mkdir()
+    (stale / "scan.nii.gz").write_bytes(b"staged, never published")
+    code, stderr = _cli("infer", str(trained["run"]), str(cases), "-o", str(out), "--skip-existing", "--save-probabilities", *THREADS)
+    assert code == 0, stderr
+    assert json.loads((out / "infer_summary.json").read_text())["skipped_existing"] == ["scan"] and not stale.exists()
+    code, stderr = _cli("infer", str(trained["run"]), str(cases), "-o", str(out), "--skip-existing", "--per-class", *THREADS)
+    assert code == 0, stderr
+    assert json.loads((out / "infer_summary.json").read_text())["written"] == ["scan"]
+    assert json.loads((out / "scan.json").read_text())["outputs"]["per_class"] == ["scan/liver.nii.gz", "scan/tumor.nii.gz"]
