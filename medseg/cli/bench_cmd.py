@@ -149,5 +149,50 @@ def bench_gpu_command(
     console.print(f"wrote {out} and {Path(out).with_suffix('.md')}")
 
 
+peer_app = typer.Typer(help="medseg beside another tool on the same cases, fold, wall-clock budget and machine, in one run.",
+                       no_args_is_help=True)
+bench_app.add_typer(peer_app, name="peer")
+
+
+@peer_app.command("nnunet")
+def bench_peer_nnunet_command(
+    dataset: Path = typer.Argument(..., help="Raw dataset folder (MSD or nnU-Net layout), e.g. ../shared/data/msd_hippocampus."),
+    minutes: float = typer.Option(30.0, "--minutes", help="Training budget of each tool (wall clock, from its first iteration)."),
+    fold: int = typer.Option(0, "--fold", "-f", help="medseg's held-out fold; nnU-Net gets the same split as splits_final.json."),
+    out: Path = typer.Option(Path("reports/peer_nnunet.md"), "--out", "-o", help="Markdown table; the JSON is written beside it (.json)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="medseg config YAML (default: none, as `medseg train DATA` without -c: planned for this machine)."),
+    overrides: list[str] = typer.Option([], "--set", help="medseg config override section.key=value (repeatable)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda, for both tools."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Keep caches, runs, nnU-Net folders, predictions and logs here (default: a temporary folder, removed)."),
+    peers_dir: Optional[Path] = typer.Option(None, "--peers-dir", help="Where nnunetv2 is installed (default: $MEDSEG_PEERS_DIR, else medseg_peers/)."),
+    install: bool = typer.Option(True, "--install/--no-install", help="Install the pinned nnunetv2 (pip --no-deps, into --peers-dir) when it is missing."),
+    tta: list[str] = typer.Option(["off", "on"], "--tta", help="Mirroring TTA settings to predict with, off and/or on (repeatable)."),
+    planner: str = typer.Option("ExperimentPlanner", "--nnunet-planner", help="nnU-Net experiment planner: its default ExperimentPlanner, or nnUNetPlannerResEncM/L/XL."),
+    nnunet_configuration: str = typer.Option("3d_fullres", "--nnunet-configuration", help="nnU-Net configuration to train (3d_fullres, 2d, 3d_lowres)."),
+) -> None:
+    r"""nnU-Net v2 (pinned) and medseg on the same held-out cases, fold, budget and machine; one table of Dice and
+    HD95 per label (both scored by medseg's evaluation), iterations, s/iteration and inference s/case, TTA off and on.
+
+    The tools run one after the other, each alone with the full budget. medseg runs `medseg train` (its default
+    config, or -c) with --max-minutes, then `medseg infer`; nnU-Net runs its own fingerprint, plans, preprocessing,
+    default trainer (only its poly LR on the wall clock) and predictor with the final checkpoint. nnunetv2 needs
+    `pip install 'medseg\[peers]'`; the bench installs nnunetv2 itself with --no-deps beside your torch.
+
+    Examples:
+      medseg bench peer nnunet ../shared/data/msd_hippocampus --minutes 30 --fold 0 -o reports/peer_nnunet_cpu.md
+      medseg bench peer nnunet DATA -c configs/hippocampus.yaml --minutes 5 --device cuda -o reports/peer_nnunet_gpu.md
+    """
+    from medseg.bench.peers.nnunet import bench_peer_nnunet
+
+    settings = {"off": False, "on": True}
+    if any(value not in settings for value in tta):
+        raise typer.BadParameter(f"--tta takes off or on, got {', '.join(tta)}")
+    bench_peer_nnunet(dataset, out, minutes=minutes, fold=fold, config=config, overrides=list(overrides), device=device, work_dir=work_dir,
+                      peers_dir=peers_dir, install=install, tta=tuple(dict.fromkeys(settings[value] for value in tta)), planner=planner,
+                      configuration=nnunet_configuration)
+    console.print(out.with_suffix(".md").read_text())
+    console.print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

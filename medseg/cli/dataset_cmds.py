@@ -78,15 +78,27 @@ IMPORT_EXAMPLES = """
       medseg dataset import cases/ data/mine --channel T2=*t2w*.nii.gz --channel ADC=*adc* --label *seg* \\
           --label-name 1=tumor --mask *brain_mask*
       medseg dataset import cases/ data/kid --channel CT=*img* --label *seg* --region "kidney=1,2" --region "tumor=2" --region-order 1,2
+
+    Parallel folders (one folder per channel and one of label maps, a case's files named alike):
+      medseg dataset import lidc_nodules/ data/lidc --images CT=image --labels nodule_mask --label-name 1=nodule
+      medseg dataset import lidc_nodules/ data/lidc --preset lidc          (the same, by preset)
+      medseg dataset import study/ data/prostate --images T2=t2 --images ADC=adc --labels seg --label-name 1=lesion
 """
 
 
 @dataset_app.command("import", epilog=IMPORT_EXAMPLES)
 def import_(
-    source: Path = typer.Argument(..., help="Folder of case folders (one folder per case, e.g. BraTS' own releases)."),
+    source: Path = typer.Argument(..., help="Folder of case folders (one folder per case, e.g. BraTS' own releases), or the folder "
+                                  "holding the parallel folders that --images/--labels name."),
     dest: Path = typer.Argument(..., help="New nnU-Net v2 dataset folder to create (imagesTr/, labelsTr/, dataset.json)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="File names of a known release: brats2015 (Flair_*/T1c_*/OTMultiClass*/brainmask*), "
-                                         "brats2021 (_flair/_t1/_t1ce/_t2/_seg), brats2023 (-t2f/-t1n/-t1c/-t2w/-seg). BraTS presets add the BraTS regions."),
+                                         "brats2021 (_flair/_t1/_t1ce/_t2/_seg), brats2023 (-t2f/-t1n/-t1c/-t2w/-seg), lidc (parallel folders "
+                                         "image/ + nodule_mask/, label 1 = nodule). BraTS presets add the BraTS regions."),
+    images: Optional[list[str]] = typer.Option(None, "--images", help="Parallel folders: NAME=DIR, one per channel in channel order (repeat); DIR "
+                                               "is inside SOURCE (or absolute) and holds one file per case. The name chooses the normalisation "
+                                               "(CT: CT's). Needs --labels."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Parallel folders: the folder of label maps (inside SOURCE, or absolute), each "
+                                         "named as its case's image files; names found in only some folders are refused, listed in one line."),
     channels: Optional[list[str]] = typer.Option(None, "--channel", help="NAME=PATTERN, one per channel in channel order (repeat); the glob is matched "
                                                  "case-insensitively against paths inside each case folder. Replaces the preset's channels."),
     label: Optional[str] = typer.Option(None, "--label", help="Glob of the label map in each case folder."),
@@ -100,14 +112,15 @@ def import_(
                                                     "Default: the preset's names, else label_<value> for each value found."),
     link: str = typer.Option("symlink", "--link", help="How files usable as they are get into DEST: symlink, hardlink or copy."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name in dataset.json (default: DEST's folder name)."),
-    allow_unlabelled: bool = typer.Option(False, "--allow-unlabelled", help="Case folders without a label go to imagesTs/ instead of stopping the import."),
+    allow_unlabelled: bool = typer.Option(False, "--allow-unlabelled", help="Cases without a label (a case folder without one, or a name missing only from --labels) go to imagesTs/ instead of stopping the import."),
     workers: int = typer.Option(2, "--workers", "-j", help="Cases written (and checked) in parallel."),
 ) -> None:
-    """Build an nnU-Net v2 dataset from a folder of per-case folders, then run `medseg dataset check` on it.
+    """Build an nnU-Net v2 dataset from per-case folders or parallel folders, then run `medseg dataset check` on it.
 
-    Nothing is written unless every case folder has exactly one file per pattern and all of a case's
-    files share one grid; .nii.gz images and integer label maps are linked, everything else is
-    converted with its geometry kept exactly (float-stored label maps are checked and rounded).
+    Nothing is written unless every case folder has exactly one file per pattern (or, with parallel
+    folders, every file name is in every folder) and all of a case's files share one grid; .nii.gz
+    images and integer label maps are linked, everything else is converted with its geometry kept
+    exactly (float-stored label maps are checked and rounded).
     """
     from medseg.data.check import check_dataset, has_errors
     from medseg.data.importer import import_dataset, resolve_spec
@@ -116,7 +129,7 @@ def import_(
     if link not in ("symlink", "hardlink", "copy"):
         raise ConfigError(f"--link {link!r}: expected symlink, hardlink or copy")
     spec = resolve_spec(preset, list(channels or []), label, mask, regions, list(region_defs or []), region_order, list(label_names or []),
-                        link=link, name=name, allow_unlabelled=allow_unlabelled)
+                        list(images or []), labels, link=link, name=name, allow_unlabelled=allow_unlabelled)
     report = import_dataset(source, dest, spec, workers=workers)
     kind = f"regions {', '.join(spec.regions)}" if spec.regions else f"labels {report.dataset_json['labels']}"
     console.print(f"{dest}: {len(report.cases)} training case(s){f', {len(report.test_cases)} test case(s)' if report.test_cases else ''}, "

@@ -47,7 +47,9 @@ def _tolerances(values: list[str]) -> float | dict[str, float] | None:
 
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, or a folder of them (matched to --gt by file name without extension)."),
+    pred: Path = typer.Option(..., "--pred", "-p", help="Predicted label map, a folder of them (matched to --gt by file name without extension), "
+                              "or a cross-validation run folder: every fold_<k>/validation/ that `medseg train --fold 0,1,2,3,4` wrote "
+                              "(each fold's held-out cases), summarised per fold and pooled (+ cross_validation.md)."),
     gt: Path = typer.Option(..., "--gt", "-g", help="Reference label map, or a folder of them."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for summary.json, cases.csv and lesions.csv (and brats_lesions.csv; created if needed)."),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help=LABELS_HELP),
@@ -74,6 +76,8 @@ def evaluate(
       medseg evaluate -p preds/ -g data/brats/labelsTr -l data/brats/dataset.json --brats -o eval/   (BraTS regions)
       medseg evaluate -p preds/ -g labelsTs/ --uncertainty preds/ -o eval/   (does entropy flag the wrong voxels?)
       medseg evaluate -p preds/ -g labelsTs/ --lesion-labels tumor -o eval/   (preds from `medseg infer --instances`: + FROC, AP, froc.png)
+      medseg evaluate -p runs/Hippocampus/3d_fullres -g data/hippocampus/labelsTr -l data/hippocampus/dataset.json -o cv/
+        (a cross-validation: per fold and pooled, as nnU-Net's summary.json; cv/cross_validation.md)
     """
     from medseg.config.loader import save_resolved
     from medseg.metrics.evaluate import evaluate as run_evaluation
@@ -82,6 +86,7 @@ def evaluate(
     result = run_evaluation(pred, gt, labels, lesion_labels, _tolerances(tolerance), out, settings.evaluate, label_task)
     save_resolved(settings, out / "config.yaml")  # `medseg report` starts from these settings
     _print_summary(result.summary)
+    _print_cross_validation(result.summary.get("cross_validation"))
     _print_detection(result.summary.get("lesion_detection"))
     files = [str(path) for path in result.files]
     if uncertainty is not None:
@@ -99,6 +104,21 @@ def _uncertainty_auroc(pred: Path, gt: Path, maps: Path, out: Path, ignore_label
             pooled = {region: entry["pooled_auroc"] for region, entry in scores[kind].items()}
             console.print(f"{kind} AUROC for wrong voxels: " + ", ".join(f"{region} {_format(value)}" for region, value in pooled.items()))
     return write_json(out / "uncertainty.json", scores)
+
+
+def _print_cross_validation(summary: dict | None) -> None:
+    """Per fold and pooled: per-label and foreground mean Dice (nnU-Net's summary), as in cross_validation.md."""
+    if not summary:
+        return
+    from medseg.metrics.crossval import cross_validation_table
+
+    header, rows = cross_validation_table(summary)
+    table = Table(title="cross-validation: mean over each fold's held-out cases, and pooled")
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    print_table(table)
 
 
 def _print_detection(detection: dict | None) -> None:

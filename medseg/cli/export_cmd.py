@@ -16,13 +16,15 @@ export_app = typer.Typer(help="Export a trained model for other runtimes.", no_a
 
 @export_app.command("onnx")
 def onnx(
-    model: Path = typer.Argument(..., help="A checkpoint (.pt), a run folder, or a folder of fold_* run folders."),
+    model: Path = typer.Argument(..., help="A checkpoint (.pt), a run folder (its final weights; see --checkpoint), or a folder of fold_* run folders."),
     out: Path = typer.Option(..., "--out", "-o", help="model.onnx for a single network; a folder for several folds (one fold_<k>.onnx each)."),
     exporter: str = typer.Option("auto", "--exporter", help="auto (TorchScript, else dynamo), torchscript, or dynamo (torch.export)."),
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: 17 with TorchScript, the exporter's own with dynamo)."),
     tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest |ONNX - PyTorch| logit difference accepted, relative to the logits' magnitude."),
     force: bool = typer.Option(False, "--force", help="Write the file even when ONNX Runtime disagrees with PyTorch beyond --tolerance (with a warning)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the export check (default: all cores)."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="Which weights of a run folder (each fold): final (checkpoint_last.pt, "
+                                   "the weights training ended with) or best (checkpoint_best.pt), as `medseg infer --checkpoint`."),
     replace: bool = typer.Option(False, "--replace", help="Delete the output folder's other .onnx files (stale folds of an earlier export) "
                                                          "once the new files are in place, instead of refusing the folder."),
 ) -> None:
@@ -47,8 +49,10 @@ def onnx(
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ConfigError(f"--exporter {exporter!r} is not an exporter; use auto, torchscript or dynamo")
+    if checkpoint not in ("final", "best"):
+        raise ConfigError(f"--checkpoint {checkpoint!r}: use final or best")
     exported = export_onnx(model, out, opset=opset, tolerance=tolerance, allow_mismatch=force, threads=threads, exporter=exporter,
-                           replace=replace)
+                           replace=replace, checkpoint=checkpoint)
     table = Table(title=f"ONNX export of {model}")
     for column in ("fold", "file", "MB", "max |ONNX - torch| logit", "argmax agreement", "s"):
         table.add_column(column)

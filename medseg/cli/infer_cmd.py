@@ -24,7 +24,7 @@ def _flag_overrides(**flags) -> list[str]:
 
 
 def infer(
-    model: Path = typer.Argument(..., help="A checkpoint (.pt), a run folder (uses checkpoint_best.pt, else checkpoint_last.pt), "
+    model: Path = typer.Argument(..., help="A checkpoint (.pt), a run folder (its final weights, checkpoint_last.pt; see --checkpoint), "
                                             "or a folder of fold_* run folders (their softmax outputs are averaged)."),
     source: str = typer.Argument(..., metavar="INPUT", help="A NIfTI/NRRD/MHA file, a DICOM series folder, a folder of cases "
                                                             "(files and DICOM series subfolders), a case folder (or folder of them) laid out as the "
@@ -39,6 +39,9 @@ def infer(
     dicom_seg: Optional[bool] = typer.Option(None, "--dicom-seg", help="For DICOM series inputs, also write OUT/<case>_seg.dcm: one DICOM-SEG "
                                              "referencing the series (segments named from the model's labels, SNOMED CT codes where known). "
                                              "A SEG that cannot be written never costs the mask: the reason goes to the sidecar (dicom_seg)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Which weights of a run folder (each fold): final (default: "
+                                             "checkpoint_last.pt, the weights training ended with, as nnU-Net serves) or best (checkpoint_best.pt, "
+                                             "the best EMA of validation Dice on the periodic validation cases). Same as --set infer.checkpoint=..."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, or onnxruntime for a model exported with `medseg export onnx` "
                                           "(needs pip install medseg[onnx]) [default: auto, by what MODEL is]."),
     save_probabilities: Optional[bool] = typer.Option(None, "--save-probabilities", help="Also write float16 class probabilities on the input grid: OUT/<case>_probabilities.npz."),
@@ -79,6 +82,7 @@ def infer(
       medseg infer runs/liver_5folds 'scans/*.nii.gz' -o masks/ --tta
       medseg infer runs/liver_5folds ct.nii.gz -o masks/ --save-uncertainty   (entropy + fold disagreement maps)
       medseg infer runs/liver_instances ct.nii.gz -o masks/ --instances   (lesions as instances with confidences)
+      medseg infer runs/liver scans/ -o masks/ --checkpoint best   (the best-validation weights instead of the final ones)
       medseg infer runs/liver/checkpoint_best.pt scans/ -o masks/
         --set infer.postprocess.liver.largest_component=true
       medseg infer runs/liver archive/ -o masks/ --shard 3/8 --skip-existing   (SLURM array task 3 of 8)
@@ -93,10 +97,10 @@ def infer(
 
     flags = _flag_overrides(tta=tta, overlap=overlap, sw_batch_size=sw_batch_size, device=device, stitch_device=stitch_device,
                             per_class=per_class, save_probabilities=save_probabilities, save_uncertainty=save_uncertainty, instances=instances,
-                            compile=compile_mode, dicom_seg=dicom_seg, backend=backend, missing_channels=missing_modality)
+                            compile=compile_mode, dicom_seg=dicom_seg, backend=backend, missing_channels=missing_modality, checkpoint=checkpoint)
     chosen = load_config(config_file, list(overrides) + flags).infer
     # The model is checked before the inference machinery (MONAI, ~3 s) is imported: a bad checkpoint fails fast.
-    loaded = load_for_backend(model, chosen.backend, chosen.threads or available_cores())
+    loaded = load_for_backend(model, chosen.backend, chosen.threads or available_cores(), checkpoint=chosen.checkpoint)
     from medseg.infer.pipeline import InferFailures, infer as run_inference, parse_shard
     from medseg.infer.segmenter import Segmenter
 
@@ -115,8 +119,15 @@ def infer(
 
 
 def saved_sections(run_config: dict) -> dict:
-    """The parts of a model's saved run config that later steps use (infer, evaluate, report)."""
-    return {key: run_config[key] for key in ("infer", "evaluate", "report") if isinstance(run_config.get(key), dict)}
+    """The parts of a model's saved run config that later steps use (infer, evaluate, report).
+
+    Its ``infer.checkpoint`` is left out: the weights were chosen before the model was read, and the settings
+    written beside the masks must say which were used.
+    """
+    sections = {key: run_config[key] for key in ("infer", "evaluate", "report") if isinstance(run_config.get(key), dict)}
+    if "infer" in sections:
+        sections["infer"] = {key: value for key, value in sections["infer"].items() if key != "checkpoint"}
+    return sections
 
 
 def _print_summary(outputs: dict[str, list[Path]], out: Path) -> None:

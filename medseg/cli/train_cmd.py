@@ -23,7 +23,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint (exact optimizer, RNG and epoch state); "
                                 "wins over --init-from, whose weights that checkpoint already holds."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint (.pt), fold folder or run folder "
-                                             "(best, else last checkpoint; of several folds fold_all, else the lowest). Weights whose name and shape "
+                                             "(its final weights, checkpoint_last.pt, else the best; of several folds fold_all, else the lowest). Weights whose name and shape "
                                              "match load into this dataset's network; new output heads for a new label set. Sets train.init_from. "
                                              "Freeze the encoder at first with --set train.freeze_encoder_epochs=N."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>/<configuration>]; folds go into fold_<k>."),

@@ -1,5 +1,6 @@
 """File-name presets for `medseg dataset import`: which file of a case folder is which channel, the
-label map and the brain mask, and the BraTS evaluation regions of each BraTS label convention.
+label map and the brain mask, and the BraTS evaluation regions of each BraTS label convention; or,
+for a parallel-folders release (``layout="paired"``), which folder holds each channel and the labels.
 
 BraTS changed its label values twice, so the regions depend on the release:
 
@@ -29,7 +30,8 @@ class RegionSet:
 
 @dataclass(frozen=True)
 class Preset:
-    """What one dataset release calls its files (glob patterns, matched case-insensitively)."""
+    """What one dataset release calls its files: glob patterns matched case-insensitively inside each
+    case folder, or (``layout="paired"``) the folders of the channels and of the label maps."""
 
     name: str
     description: str
@@ -39,6 +41,7 @@ class Preset:
     label_names: dict[int, str]
     regions: RegionSet
     extra: dict[str, str] = field(default_factory=dict)
+    layout: str = "case_folders"
 
 
 BRATS_REGIONS = {
@@ -74,5 +77,16 @@ PRESETS = {
         mask=None,
         label_names={0: "background", 1: "necrotic tumor core", 2: "oedema", 3: "enhancing tumor"},
         regions=BRATS_REGIONS["brats2023"],
+    ),
+    "lidc": Preset(
+        "lidc",
+        "LIDC-IDRI nodule crops in parallel folders: image/<name>.nii.gz (CT, HU) and nodule_mask/<name>.nii.gz (1 = nodule); "
+        "patients are the names before _R_ (train with train.split_group, as configs/lidc.yaml does)",
+        (("CT", "image"),),
+        label="nodule_mask",
+        mask=None,
+        label_names={0: "background", 1: "nodule"},
+        regions=RegionSet({}, ()),
+        layout="paired",
     ),
 }

@@ -1,8 +1,17 @@
-"""`medseg dataset import`: a folder of per-case folders (BraTS' own layout) -> an nnU-Net v2 dataset.
+"""`medseg dataset import`: per-case folders (BraTS' own layout) or parallel folders -> an nnU-Net v2 dataset.
 
-Each case folder holds one file per channel, a label map and optionally a brain/foreground mask,
-recognised by glob patterns (matched case-insensitively against the path inside the case folder,
-so ``*Flair*`` also finds ``VSD.Brain.MR_Flair.123/VSD.Brain.MR_Flair.123.mha``). The result is
+Two source layouts:
+
+* **case folders** (``layout="case_folders"``): one folder per case, holding one file per channel,
+  a label map and optionally a brain/foreground mask, recognised by glob patterns (matched
+  case-insensitively against the path inside the case folder, so ``*Flair*`` also finds
+  ``VSD.Brain.MR_Flair.123/VSD.Brain.MR_Flair.123.mha``).
+* **parallel folders** (``layout="paired"``): one folder per channel and one of label maps, the
+  files of a case having the same name in each (``image/X.nii.gz`` + ``nodule_mask/X.nii.gz``);
+  the case id is that name without its suffix. Names missing from some folder are refused in one
+  line naming them (with ``allow_unlabelled``, a case missing only its label goes to imagesTs/).
+
+The result is
 ``imagesTr/<case>_0000.nii.gz ...``, ``labelsTr/<case>.nii.gz`` and a ``dataset.json`` with
 ``channel_names``, ``labels`` (regions in nnU-Net v2 form when given), ``numTraining`` and
 ``file_ending``.
@@ -33,7 +42,7 @@ from typing import Literal
 import numpy as np
 
 from medseg.data.import_presets import BRATS_REGIONS, PRESETS
-from medseg.data.naming import is_junk
+from medseg.data.naming import is_junk, stem
 from medseg.data.preprocess import GRID_TOLERANCE_MM
 from medseg.errors import ConfigError, InputError
 from medseg.io.atomic import full_suffix, make_parent_folder, write_json
@@ -44,13 +53,18 @@ from medseg.io.volume import Volume
 log = logging.getLogger(__name__)
 
 LinkMode = Literal["symlink", "hardlink", "copy"]
+Layout = Literal["case_folders", "paired"]
 FILE_ENDING = ".nii.gz"
 MASKS = "masksTr"
 
 
 @dataclass
 class ImportSpec:
-    """What to import: channel patterns in channel order, label and mask patterns, labels and regions."""
+    """What to import: channel patterns in channel order, label and mask patterns, labels and regions.
+
+    With ``layout="paired"`` each channel's "pattern" and ``label`` are folders (relative to the
+    source folder, or absolute) and there is no mask.
+    """
 
     channels: list[tuple[str, str]]
     label: str
@@ -62,10 +76,13 @@ class ImportSpec:
     name: str | None = None
     preset: str | None = None
     allow_unlabelled: bool = False
+    layout: Layout = "case_folders"
 
     def __post_init__(self) -> None:
         if not self.channels:
-            raise ConfigError("no channels: give --preset or at least one --channel NAME=PATTERN")
+            raise ConfigError("no channels: give --preset, at least one --channel NAME=PATTERN, or --images NAME=DIR with --labels DIR")
+        if self.layout == "paired" and self.mask:
+            raise ConfigError("--mask is a pattern inside case folders; parallel folders (--images/--labels) take no mask")
         names = [name for name, _ in self.channels]
         if len(set(names)) != len(names):
             raise ConfigError(f"channel names must be unique, got {names}")
@@ -113,30 +130,55 @@ def parse_values(text: str, what: str) -> tuple[int, ...]:
 
 def resolve_spec(preset: str | None = None, channels: list[str] = (), label: str | None = None, mask: str | None = None,
                  regions: str | None = None, region_defs: list[str] = (), region_order: str | None = None,
-                 label_names: list[str] = (), **options) -> ImportSpec:
+                 label_names: list[str] = (), images: list[str] = (), labels: str | None = None, **options) -> ImportSpec:
     """An :class:`ImportSpec` from command-line style options (a preset fills what is not given).
 
     ``regions``: ``brats`` (the preset's BraTS regions, the default with a BraTS preset),
     ``brats2015``/``brats2021``/``brats2023``, or ``none``. ``region_defs``: ``NAME=1,2,4`` each, with
-    ``region_order`` ``2,1,4``. ``mask="none"`` drops a preset's mask.
+    ``region_order`` ``2,1,4``. ``mask="none"`` drops a preset's mask. ``images`` (``NAME=DIR`` each)
+    and ``labels`` (a folder), or a parallel-folders preset, choose the parallel-folders layout.
     """
     chosen = None
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         chosen = PRESETS[preset]
-    channel_list = [parse_assignment(item, "--channel") for item in channels] or (list(chosen.channels) if chosen else [])
-    label = label or (chosen.label if chosen else None)
-    if not label:
-        raise ConfigError("no label pattern: give --label PATTERN (or a --preset)")
-    mask = mask if mask is not None else (chosen.mask if chosen else None)
+    if images or labels or (chosen is not None and chosen.layout == "paired"):
+        channel_list, label = _paired_sources(chosen, images, labels, {"--channel": channels, "--label": label,
+                                                                       "--mask": mask not in (None, "", "none")})
+        mask, layout = None, "paired"
+    else:
+        channel_list = [parse_assignment(item, "--channel") for item in channels] or (list(chosen.channels) if chosen else [])
+        label = label or (chosen.label if chosen else None)
+        if not label:
+            raise ConfigError("no label pattern: give --label PATTERN (or a --preset), or parallel folders with --images NAME=DIR --labels DIR")
+        mask, layout = (mask if mask is not None else (chosen.mask if chosen else None)), "case_folders"
     names = dict(chosen.label_names) if chosen else {}
     for item in label_names:
         value, name = parse_assignment(item, "--label-name")
         names[parse_values(value, "--label-name")[0]] = name
     region_map, order = _regions(regions, region_defs, region_order, chosen)
     return ImportSpec(channel_list, label, None if mask in (None, "", "none") else mask, names, region_map, order,
-                      preset=preset, **options)
+                      preset=preset, layout=layout, **options)
+
+
+def _paired_sources(preset, images: list[str], labels: str | None, case_folder_options: dict) -> tuple[list[tuple[str, str]], str]:
+    """(channel name and folder per channel, label folder) of the parallel-folders layout."""
+    wrong = [option for option, value in case_folder_options.items() if value]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)} name files inside case folders; with parallel folders give --images NAME=DIR and --labels DIR")
+    for item in images:
+        if "=" not in item:
+            raise ConfigError(f"--images {item!r}: expected NAME=DIR, e.g. --images CT={item} (the channel name chooses the "
+                              f"normalisation: CT gets CT's, other names a per-image z-score)")
+    own = preset if preset is not None and preset.layout == "paired" else None
+    channel_list = [parse_assignment(item, "--images") for item in images] or (list(own.channels) if own else [])
+    label = labels or (own.label if own else None)
+    if not channel_list:
+        raise ConfigError("--labels needs --images NAME=DIR, one per channel in channel order (e.g. --images CT=image)")
+    if not label:
+        raise ConfigError("--images needs --labels DIR: the folder of label maps, named as the images")
+    return channel_list, label
 
 
 def _regions(regions: str | None, region_defs, region_order: str | None, preset) -> tuple[dict[str, tuple[int, ...]], list[int] | None]:
@@ -147,7 +189,7 @@ def _regions(regions: str | None, region_defs, region_order: str | None, preset)
         if region_order is None:
             raise ConfigError("--region needs --region-order: the label each region paints, in order (nnU-Net's regions_class_order)")
         return {name: parse_values(values, "--region") for name, values in defined.items()}, list(parse_values(region_order, "--region-order"))
-    choice = regions if regions is not None else ("brats" if preset is not None else "none")
+    choice = regions if regions is not None else ("brats" if preset is not None and preset.regions.regions else "none")
     if choice == "none":
         return {}, None
     if choice == "brats":
@@ -206,6 +248,49 @@ def discover_cases(src: Path, spec: ImportSpec) -> list[SourceCase]:
             raise InputError(folder, "one file matches two patterns (a channel, the label or the mask); make the patterns distinct")
         cases.append(SourceCase(folder.name, folder, channels, label, mask))
     return cases
+
+
+def folder_files(folder: Path, option: str) -> dict[str, Path]:
+    """The readable files directly in ``folder`` by case name (file name without its suffix)."""
+    if not folder.is_dir():
+        raise InputError(folder, f"is not a folder ({option} names a folder inside SOURCE, or an absolute path)")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() or is_junk(path) or full_suffix(path) not in READABLE_SUFFIXES:
+            continue
+        if stem(path) in found:
+            raise InputError(path, f"has the same case name as {found[stem(path)].name}; keep one file per case in {folder.name}/")
+        found[stem(path)] = path
+    if not found:
+        raise InputError(folder, f"holds no image files ({', '.join(READABLE_SUFFIXES)})")
+    return found
+
+
+def _name_list(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... {len(names) - limit} more" if len(names) > limit else shown
+
+
+def discover_paired(src: Path, spec: ImportSpec) -> list[SourceCase]:
+    """One :class:`SourceCase` per file name found in the channel folders and the label folder.
+
+    Names missing from some folder are refused together, in one line; with ``allow_unlabelled`` a
+    name in every channel folder but not the label folder is a test case.
+    """
+    folders = [src / folder for _, folder in spec.channels]
+    channel_files = [folder_files(folder, "--images") for folder in folders]
+    label_files = folder_files(src / spec.label, "--labels")
+    everything = sorted(set(label_files).union(*channel_files))
+    gaps = []
+    for folder, files in [*zip(folders, channel_files), (src / spec.label, label_files)]:
+        missing = [name for name in everything if name not in files]
+        if files is label_files and spec.allow_unlabelled:
+            missing = [name for name in missing if not all(name in other for other in channel_files)]
+        if missing:
+            gaps.append(f"{len(missing)} missing from {folder.name}/ ({_name_list(missing)})")
+    if gaps:
+        raise InputError(src, f"file names do not match across the folders: {'; '.join(gaps)}")
+    return [SourceCase(name, folders[0], [files[name] for files in channel_files], label_files.get(name), None) for name in everything]
 
 
 # --- grids ---------------------------------------------------------------------------------------
@@ -347,8 +432,11 @@ def dataset_json(spec: ImportSpec, cases: list[SourceCase], src: Path, dest: Pat
     if spec.mask:
         data["foreground_mask"] = {"folder": MASKS, "pattern": spec.mask,
                                    "applied": "image voxels outside the mask were set to 0; normalisation runs inside the mask"}
-    data["medseg_import"] = {"source": str(src.resolve()), "preset": spec.preset, "link": spec.link,
-                             "channels": {name: pattern for name, pattern in spec.channels}, "label": spec.label,
+    # Parallel folders record "images"/"labels", never "channels": those are case-folder patterns that
+    # the plan keeps so that `medseg infer` reads a case folder as the import did.
+    sources = ({"layout": "paired", "images": {name: folder for name, folder in spec.channels}, "labels": spec.label}
+               if spec.layout == "paired" else {"channels": {name: pattern for name, pattern in spec.channels}, "label": spec.label})
+    data["medseg_import"] = {"source": str(src.resolve()), "preset": spec.preset, "link": spec.link, **sources,
                              "class_names": {str(value): name for value, name in sorted(names.items())}}
     return data
 
@@ -366,9 +454,9 @@ def _staging_folder(dest: Path) -> Path:
 
 
 def import_dataset(src: str | Path, dest: str | Path, spec: ImportSpec, workers: int = 2) -> ImportReport:
-    """Build the nnU-Net v2 dataset ``dest`` from the case folders of ``src`` (see the module docstring)."""
+    """Build the nnU-Net v2 dataset ``dest`` from the case folders, or the parallel folders, of ``src`` (module docstring)."""
     src, dest = Path(src), Path(dest)
-    cases = discover_cases(src, spec)
+    cases = discover_paired(src, spec) if spec.layout == "paired" else discover_cases(src, spec)
     if not any(case.label is not None for case in cases):
         raise InputError(src, f"no case folder has a file matching the label pattern {spec.label!r}")
     for case in cases:

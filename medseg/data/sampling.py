@@ -3,6 +3,12 @@
 Pure numpy on (possibly memory-mapped) arrays, so it runs the same inside DataLoader workers and
 in tests. Patches that reach past an image border are zero-padded (image) and background-padded
 (label), which is what a network sees at inference time with a padded sliding window.
+
+Placement follows nnU-Net v2's loader (``nnUNetDataLoader.get_bbox``): when augmentation crops a
+larger patch first (rotation and scaling resample it and keep its centre), the start bounds of that
+crop are widened by (crop - final patch) so that the *final* window, not the crop, moves over the
+whole case and reaches every border. Computed on the crop alone, the final window never saw the
+outer (crop - final) / 2 voxels of a case, and on a case between the two sizes it never moved at all.
 """
 
 from __future__ import annotations
@@ -26,12 +32,17 @@ class CaseArrays:
         return tuple(self.image.shape[1:])
 
 
-def _start_bounds(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest allowed patch start per axis (nnU-Net's rule: centre small images, allow overhang)."""
-    shape_a, patch_a = np.asarray(shape), np.asarray(patch)
-    need = np.maximum(patch_a - shape_a, 0)
-    lower = -(need // 2)
-    upper = shape_a + need // 2 + need % 2 - patch_a
+def start_bounds(shape: tuple[int, ...], crop: tuple[int, ...], final: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest start of a ``crop`` whose centred ``final`` window ranges over the case (nnU-Net's rule).
+
+    The crop may overhang by (crop - final) / 2 per side, so the final window starts anywhere in
+    ``[0, shape - final]``; a case smaller than the final window is centred (the window covers it all).
+    """
+    shape_a, crop_a = np.asarray(shape), np.asarray(crop)
+    need = crop_a - np.asarray(final if final is not None else crop)
+    need = np.where(shape_a + need < crop_a, crop_a - shape_a, need)
+    lower = -need // 2  # floor: the extra voxel of an odd overhang goes to the low side too, as nnU-Net
+    upper = shape_a + need // 2 + need % 2 - crop_a
     return lower, upper
 
 
@@ -84,9 +95,14 @@ def sample_patch(
     force_foreground: bool = False,
     slice_axis: int | None = None,
     regions: list[tuple[int, ...]] | None = None,
+    final_size: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(image (C, *patch), seg (1, *patch))``.
 
+    ``final_size`` is the window the network gets, centred in ``patch_size`` after augmentation
+    (None: the same); placement then follows :func:`start_bounds`. A forced-foreground patch is
+    centred on a foreground voxel, limited only at the low side, as nnU-Net does (near the high
+    border the window may reach up to half a patch into the padding).
     ``slice_axis`` samples a 2D patch from a 3D case: one slice along that axis is chosen (through
     the foreground voxel when forced) and ``patch_size`` covers the two remaining axes.
     """
@@ -99,11 +115,11 @@ def sample_patch(
         if voxel is not None:
             voxel = np.delete(voxel, slice_axis)
     shape = tuple(seg.shape)
-    if len(shape) != len(patch_size):
+    if len(shape) != len(patch_size) or (final_size is not None and len(final_size) != len(patch_size)):
         raise ValueError(f"patch size {patch_size} does not fit {len(shape)}D data of case {case.case_id}")
-    lower, upper = _start_bounds(shape, patch_size)
+    lower, upper = start_bounds(shape, patch_size, final_size)
     if voxel is not None:
-        start = np.clip(voxel - np.asarray(patch_size) // 2, lower, upper)
+        start = np.maximum(voxel - np.asarray(patch_size) // 2, lower)
     else:
         start = np.array([rng.integers(lo, hi + 1) for lo, hi in zip(lower, upper)])
     image_patch = crop_with_padding(np.asarray(image), start, patch_size, 0).astype(np.float32, copy=False)

@@ -42,7 +42,7 @@ from torch import nn
 
 from medseg.errors import InputError, MedsegError, brief
 from medseg.export.onnx_metadata import INPUT_NAME, METADATA_KEY, OBJECTNESS_NAME, OUTPUT_NAME, OnnxMetadata, require
-from medseg.infer.model import LoadedModel, load_model
+from medseg.infer.model import CheckpointChoice, LoadedModel, load_model
 from medseg.io.atomic import atomic_path
 from medseg.models.lesion_instances import has_objectness
 
@@ -277,15 +277,16 @@ def _listed(paths: list[Path], limit: int = 3) -> str:
 
 def export_onnx(model: str | Path, out: str | Path, *, opset: int | None = None, tolerance: float = DEFAULT_TOLERANCE,
                 allow_mismatch: bool = False, threads: int | None = None, exporter: Exporter = "auto",
-                replace: bool = False) -> list[ExportedNetwork]:
+                replace: bool = False, checkpoint: CheckpointChoice = "final") -> list[ExportedNetwork]:
     """Export every fold network of a checkpoint, run folder or folder of folds; see the module docstring.
 
     ``replace``: delete the output folder's other ``.onnx`` files (once the new ones are in place) instead of refusing.
+    ``checkpoint``: which weights of a run folder, final or best, as `medseg infer --checkpoint` chooses them.
     """
     from medseg.runtime import threads_scope as torch_threads
 
     require("onnx")
-    loaded = load_model(model)
+    loaded = load_model(model, checkpoint)
     out = Path(out)
     paths = output_paths(loaded, out)
     stale = stale_files(out, paths)

@@ -87,6 +87,10 @@ class InferConfig(Section):
     per_class: bool = Field(False, description="also write one binary mask per label: <case>/<label>.nii.gz")
     dicom_seg: bool = Field(False, description="for DICOM series inputs, also write the mask as one DICOM-SEG object referencing the series: <case>_seg.dcm")
     dicom_seg_type: Literal["binary", "labelmap"] = Field("binary", description="binary SEG (what every viewer reads) or the compact Label Map SEG")
+    checkpoint: Literal["final", "best"] = Field(
+        "final", description="which weights of a run folder (of each fold) to load: final = checkpoint_last.pt, the weights training "
+        "ended with (what nnU-Net serves); best = checkpoint_best.pt, the best EMA of validation Dice over the periodic validation "
+        "cases. Read before the model is, so a run's saved infer: section does not choose it; a .pt or ONNX model is used as given")
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="what runs the network: torch, or onnxruntime for models exported with `medseg export onnx` (CPU); "
         "auto = onnxruntime when MODEL is an .onnx file or a folder of them")

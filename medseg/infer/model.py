@@ -1,5 +1,12 @@
 """Load what `medseg infer` predicts with: one checkpoint, a run folder, or a folder of folds.
 
+Which weights of a run folder: ``final`` (default) is ``checkpoint_last.pt``, which the trainer writes last of all
+when training ends (after the last epoch, or when the time budget runs out, after the final validation): the weights
+training ended with, which is what nnU-Net serves (its ``checkpoint_final``). ``best`` is ``checkpoint_best.pt``, the
+weights at the best EMA of validation Dice over the periodic validation cases. Each falls back to the other file, with
+a warning, when its own is missing. Every place that turns a run folder into weights (`medseg infer`, `medseg export
+onnx`, ``train.init_from``) resolves it here.
+
 Every network of an ensemble must share the preprocessing (:meth:`medseg.schema.Plan.preprocessing_identity`,
 the same identity the cache uses), the labels, the input channels and the window: the case is then
 preprocessed once and one sliding-window pass averages the folds' probabilities inside each window
@@ -9,10 +16,11 @@ preprocessed once and one sliding-window pass averages the folds' probabilities 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
@@ -29,6 +37,9 @@ from medseg.train.checkpoint import load_checkpoint
 log = logging.getLogger(__name__)
 
 BEST, LAST = "checkpoint_best.pt", "checkpoint_last.pt"
+CheckpointChoice = Literal["final", "best"]
+#: The files each choice reads in a run folder, the first one present wins.
+CHECKPOINT_FILES: dict[str, tuple[str, str]] = {"final": (LAST, BEST), "best": (BEST, LAST)}
 
 
 @dataclass
@@ -103,37 +114,60 @@ class LoadedModel:
         return self
 
 
-def _run_checkpoint(folder: Path) -> Path | None:
-    for name in (BEST, LAST):
+def _run_checkpoint(folder: Path, checkpoint: CheckpointChoice = "final", quiet: bool = False) -> Path | None:
+    names = CHECKPOINT_FILES[checkpoint]
+    for name in names:
         if (folder / name).is_file():
+            if name != names[0] and not quiet:
+                log.warning("%s: no %s (the %s weights); using %s", folder, names[0], checkpoint, name)
             return folder / name
     return None
 
 
-def resolve_checkpoints(model: str | Path) -> list[Path]:
-    """A checkpoint file, a run folder (best, else last checkpoint) or a folder of ``fold_*`` run folders."""
+def resolve_checkpoints(model: str | Path, checkpoint: CheckpointChoice = "final") -> list[Path]:
+    """A checkpoint file, a run folder (its ``checkpoint`` weights: final or best) or a folder of ``fold_*`` run folders."""
     path = Path(model)
+    if checkpoint not in CHECKPOINT_FILES:
+        raise InputError(path, f"checkpoint '{checkpoint}': choose final or best")
     if not path.exists():
         raise InputError(path, "model does not exist (expected a checkpoint .pt file, a run folder or a folder of fold_* run folders)")
     if path.is_file():
         return [path]
-    single = _run_checkpoint(path)
+    single = _run_checkpoint(path, checkpoint)
     if single is not None:
         return [single]
     folds = sorted(entry for entry in path.iterdir() if entry.is_dir() and entry.name.startswith("fold_"))
     found = []
     for fold in folds:
-        checkpoint = _run_checkpoint(fold)
-        if checkpoint is None:
+        found_here = _run_checkpoint(fold, checkpoint)
+        if found_here is None:
             log.warning("%s: no checkpoint in this fold folder; it is left out of the ensemble", fold)
         else:
-            found.append(checkpoint)
+            found.append(found_here)
     if not found:
         # `medseg train DATASET` without -o writes runs/<dataset>/<configuration>/fold_k: name the configurations
         runs = sorted(entry for entry in path.iterdir() if entry.is_dir() and any(entry.glob("fold_*/checkpoint_*.pt")))
         hint = f"; it holds the run folder(s) {', '.join(str(run) for run in runs)}: pass one of those" if runs else ": not a medseg run folder"
         raise InputError(path, f"no {BEST} or {LAST} here nor in fold_* subfolders{hint}")
     return found
+
+
+def unfinished_run(path: Path, payload: CheckpointPayload) -> str | None:
+    """Why ``path`` (a ``checkpoint_last.pt``) does not hold the weights its run ended with, or None when it does.
+
+    The trainer writes ``summary.json`` right after the last ``checkpoint_last.pt``, with the same iteration count;
+    a run still going, killed, or resumed since holds an older summary or none.
+    """
+    if path.name != LAST or payload.training is None:
+        return None
+    try:
+        ended = json.loads((path.parent / "summary.json").read_text()).get("iterations")
+    except (OSError, ValueError, AttributeError):
+        ended = None
+    if ended == payload.training.iteration:
+        return None
+    return (f"its run has not finished (no summary.json for iteration {payload.training.iteration}): these are the weights of its last "
+            f"save, epoch {payload.epoch}, not final ones")
 
 
 def file_sha256(path: Path) -> str:
@@ -170,13 +204,16 @@ def _ensemble_key(payload: CheckpointPayload) -> dict[str, Any]:
     }
 
 
-def load_model(model: str | Path) -> LoadedModel:
-    """Load every checkpoint of ``model`` onto the CPU (move with :meth:`LoadedModel.to`)."""
-    paths = resolve_checkpoints(model)
+def load_model(model: str | Path, checkpoint: CheckpointChoice = "final") -> LoadedModel:
+    """Load every checkpoint of ``model`` (of a run folder: its ``checkpoint`` weights) onto the CPU (move with :meth:`LoadedModel.to`)."""
+    paths = resolve_checkpoints(model, checkpoint)
     networks, infos = [], []
     reference: tuple[CheckpointPayload, Path, dict[str, Any]] | None = None
     for path in paths:
         payload = load_checkpoint(path)
+        unfinished = unfinished_run(path, payload)
+        if unfinished:
+            log.warning("%s: %s", path, unfinished)
         key = _ensemble_key(payload)
         if reference is None:
             reference = (payload.for_inference().model_copy(update={"model": {}}), path, key)
@@ -203,13 +240,14 @@ def is_onnx_model(model: str | Path) -> bool:
 
 
 def resolve_checkpoints_quietly(path: Path) -> bool:
-    return _run_checkpoint(path) is not None or any(_run_checkpoint(fold) for fold in path.glob("fold_*") if fold.is_dir())
+    return _run_checkpoint(path, quiet=True) is not None or any(_run_checkpoint(fold, quiet=True) for fold in path.glob("fold_*") if fold.is_dir())
 
 
-def load_for_backend(model: str | Path, backend: str, threads: int) -> LoadedModel:
-    """``torch``: the checkpoint(s); ``onnxruntime``: exported ONNX file(s); ``auto``: by what MODEL is."""
+def load_for_backend(model: str | Path, backend: str, threads: int, checkpoint: CheckpointChoice = "final") -> LoadedModel:
+    """``torch``: the checkpoint(s) (of a run folder: its ``checkpoint`` weights); ``onnxruntime``: exported ONNX
+    file(s), whose weights were chosen at export; ``auto``: by what MODEL is."""
     if backend == "onnxruntime" or (backend == "auto" and is_onnx_model(model)):
         from medseg.export.onnx_runtime import load_onnx_model
 
         return load_onnx_model(model, threads=threads)
-    return load_model(model)
+    return load_model(model, checkpoint)

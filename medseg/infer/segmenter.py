@@ -111,7 +111,8 @@ class Segmenter:
             loaded = model
         else:
             backend = config.backend if config is not None else "auto"
-            loaded = load_for_backend(model, backend, (config.threads if config is not None else None) or available_cores())
+            loaded = load_for_backend(model, backend, (config.threads if config is not None else None) or available_cores(),
+                                      checkpoint=config.checkpoint if config is not None else "final")
         self.config = config or saved_infer_config(loaded)
         self.backend = "onnxruntime" if any(type(network).__name__ == "OnnxNetwork" for network in loaded.networks) else "torch"
         if self.backend == "onnxruntime":  # ONNX Runtime runs on the CPU and is already an optimised engine

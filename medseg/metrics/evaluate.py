@@ -101,7 +101,8 @@ def case_id(path: Path) -> str:
     return ""
 
 
-def _cases_in(folder: Path) -> dict[str, Path]:
+def cases_in(folder: Path) -> dict[str, Path]:
+    """{case id: label file} of a folder of predictions or references (uncertainty and instance maps left out)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         identifier = case_id(path) if path.is_file() and not path.name.startswith(".") else ""
@@ -126,7 +127,7 @@ def pair_cases(pred: Path, gt: Path, on_missing: str = "error") -> tuple[list[tu
         raise InputError(pred, f"is a {'folder' if pred.is_dir() else 'file'} but {gt} is a {'folder' if gt.is_dir() else 'file'}; give two folders or two files")
     if not pred.is_dir():
         return [(case_id(gt) or gt.name, pred, gt)], {"prediction_only": [], "reference_only": []}
-    predictions, references = _cases_in(pred), _cases_in(gt)
+    predictions, references = cases_in(pred), cases_in(gt)
     missing = {
         "prediction_only": sorted(set(predictions) - set(references)),
         "reference_only": sorted(set(references) - set(predictions)),
@@ -147,7 +148,7 @@ def pair_cases(pred: Path, gt: Path, on_missing: str = "error") -> tuple[list[tu
     return [(identifier, predictions[identifier], references[identifier]) for identifier in common], missing
 
 
-def _configure(config: EvaluateConfig | None, lesion_labels, tolerance_mm) -> EvaluateConfig:
+def configure(config: EvaluateConfig | None, lesion_labels, tolerance_mm) -> EvaluateConfig:
     config = (config or EvaluateConfig()).model_copy(deep=True)
     updates: dict[str, Any] = {}
     if lesion_labels:
@@ -177,7 +178,7 @@ def _load_pair(pred: Source, gt: Source) -> tuple[Volume, Volume]:
 
 
 @dataclass
-class _Specs:
+class Specs:
     """The evaluated labels and which of them get lesion-wise and BraTS lesion-wise analysis."""
 
     labels: list[LabelSpec] | None
@@ -186,7 +187,7 @@ class _Specs:
     ignore_label: int | None
 
 
-def _resolve_specs(config: EvaluateConfig, labels: LabelSource, label_task: str | None) -> _Specs:
+def resolve_specs(config: EvaluateConfig, labels: LabelSource, label_task: str | None) -> Specs:
     specs = load_label_specs(labels, label_task)
     brats_keys = list(config.brats_labels)
     if specs is not None:
@@ -194,13 +195,13 @@ def _resolve_specs(config: EvaluateConfig, labels: LabelSource, label_task: str 
         resolve_keys(specs, config.label_tolerance_mm, "tolerance_mm")
         resolve_keys(specs, config.brats_label_min_volume_mm3, "brats_label_min_volume_mm3")
         brats_specs = list(specs) if brats_keys == ["all"] else resolve_keys(specs, brats_keys, "brats_labels")
-        return _Specs(specs, lesion_specs, brats_specs, load_ignore_label(labels))
+        return Specs(specs, lesion_specs, brats_specs, load_ignore_label(labels))
     if brats_keys == ["all"]:
         raise ConfigError("--brats scores every label of the label list: give --labels dataset.json (its regions are the BraTS regions)")
     for keys, what in ((config.lesion_labels, "lesion_labels"), (config.label_tolerance_mm, "tolerance_mm"), (brats_keys, "brats_labels")):
         _check_inferred_keys(keys, what)
     # inferred specs are named label_<k>, so lesion labels can be built without the data
-    return _Specs(None, inferred_specs(int(str(key).removeprefix("label_")) for key in config.lesion_labels),
+    return Specs(None, inferred_specs(int(str(key).removeprefix("label_")) for key in config.lesion_labels),
                   inferred_specs(int(str(key).removeprefix("label_")) for key in brats_keys), None)
 
 
@@ -214,7 +215,7 @@ def _without_ignored(pred: Volume, gt: Volume, ignore_label: int | None) -> tupl
     return pred.with_array(np.where(ignored, 0, pred.array).astype(pred.array.dtype)), gt.with_array(np.where(ignored, 0, gt.array).astype(gt.array.dtype))
 
 
-def _evaluate_pairs(pairs, specs: _Specs, config: EvaluateConfig, progress: bool,
+def _rows_of_pairs(pairs, specs: Specs, config: EvaluateConfig, progress: bool,
                     detection: DetectionCollector | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Case rows, lesion rows and BraTS lesion rows of every pair (and each case's detections into ``detection``)."""
     case_rows: list[dict] = []
@@ -263,16 +264,36 @@ def evaluate(
     evaluated as the union of their values, and its 'ignore' label counts for nothing.
     ``lesion_labels``: names or indices analysed lesion by lesion. ``tolerance_mm``: NSD
     tolerance, one number or {label: mm} (key "default" for the rest); None keeps ``config``'s.
+    ``pred`` may also be a cross-validation run folder (``fold_<k>/validation/`` for each trained fold): every
+    fold's held-out predictions are evaluated together, and summarised per fold and pooled
+    (:func:`medseg.metrics.crossval.evaluate_cross_validation`).
     """
-    config = _configure(config, lesion_labels, tolerance_mm)
-    specs = _resolve_specs(config, labels, label_task)
+    if not isinstance(pred, Volume) and not isinstance(gt, Volume):
+        from medseg.metrics.crossval import is_cross_validation_run
+
+        if is_cross_validation_run(Path(pred)):
+            from medseg.metrics.crossval import evaluate_cross_validation
+
+            return evaluate_cross_validation(pred, gt, labels, lesion_labels, tolerance_mm, out_dir, config, label_task, progress)
+    config = configure(config, lesion_labels, tolerance_mm)
+    specs = resolve_specs(config, labels, label_task)
     if isinstance(pred, Volume) or isinstance(gt, Volume):
         pairs, missing = [("case", pred, gt)], {"prediction_only": [], "reference_only": []}
     else:
         pairs, missing = pair_cases(Path(pred), Path(gt), config.on_missing)
+    result = evaluate_pairs(pairs, missing, specs, config, progress, pred, gt)
+    if out_dir is not None:
+        result.out_dir = Path(out_dir)
+        result.files = write_outputs(result, result.out_dir)
+    return result
+
+
+def evaluate_pairs(pairs: list[tuple[str, Source, Source]], missing: dict[str, list[str]], specs: Specs, config: EvaluateConfig,
+                   progress: bool, pred: Source, gt: Source) -> EvaluationResult:
+    """The rows and summary of ``pairs`` (case id, prediction, reference), written nowhere; ``config`` as :func:`configure` made it."""
     started = time.perf_counter()
     detection = DetectionCollector(specs.lesions, config, specs.ignore_label) if detection_wanted(config, pairs, specs.lesions) else None
-    case_rows, lesion_rows, brats_rows = _evaluate_pairs(pairs, specs, config, progress, detection)
+    case_rows, lesion_rows, brats_rows = _rows_of_pairs(pairs, specs, config, progress, detection)
     label_specs = specs.labels
     if label_specs is None:
         label_specs = inferred_specs(int(value) for row in case_rows for value in row["label_index"].split("+"))
@@ -298,12 +319,8 @@ def evaluate(
     }
     if detection is not None:
         summary["lesion_detection"] = detection.summary()  # with its "convention"
-    result = EvaluationResult(case_rows, lesion_rows, summary, brats_lesions=brats_rows, detections=detection.rows() if detection else None)
-    if out_dir is not None:
-        result.out_dir = Path(out_dir)
-        result.files = write_outputs(result, result.out_dir)
     log.info("evaluated %d case(s), %d label(s) in %.1f s", len(pairs), len(label_specs), elapsed)
-    return result
+    return EvaluationResult(case_rows, lesion_rows, summary, brats_lesions=brats_rows, detections=detection.rows() if detection else None)
 
 
 def _cap_text(config: EvaluateConfig) -> str:

@@ -50,6 +50,7 @@ _BUILTIN_MODULES = (
     "medseg.models.fcn",
     "medseg.models.segnet",
     "medseg.models.deeplab",
+    "medseg.models.resenc",
 )
 
 

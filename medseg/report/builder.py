@@ -161,6 +161,20 @@ def _worst_labels(data: EvalData, limit: int) -> list[dict[str, Any]]:
     return entries
 
 
+def _cross_validation(data: EvalData) -> dict[str, Any] | None:
+    """The per-fold and pooled table of a cross-validation evaluation (as cross_validation.md), else None."""
+    folds = data.summary.get("cross_validation")
+    if not folds:
+        return None
+    from medseg.metrics.crossval import cross_validation_table
+
+    try:
+        header, rows = cross_validation_table(folds)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise InputError(data.eval_dir / "summary.json", f"'cross_validation' is not a medseg cross-validation summary ({error!r})") from error
+    return {"header": header, "rows": rows, "convention": folds.get("convention", "")}
+
+
 def _plots(data: EvalData, config: ReportConfig) -> list[dict[str, str]]:
     labels = data.shown_labels()
     if not labels:
@@ -252,6 +266,7 @@ def build_report(
         "dataset_facts": _dataset_facts(data, inputs, include_phi),
         "model_facts": model_facts(model, summary, include_phi),
         "tables": per_label_tables(data),
+        "cross_validation": _cross_validation(data),
         "brats": brats_context(data, config.brats_lesions_listed),
         "regions": [{"name": name, "color": region_color(i, config)} for i, (name, _) in enumerate(data.regions())],
         "hidden_labels": data.hidden_labels(),

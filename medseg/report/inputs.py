@@ -202,7 +202,7 @@ def _check_summary(summary: dict[str, Any], path: Path) -> None:
     for key in ("case_ids", "lesion_labels"):
         if summary.get(key) is not None and not isinstance(summary[key], list):
             raise InputError(path, f"'{key}' must be a list")
-    for key in ("metrics", "config", "missing", "conventions", "seconds", "worst_cases", "lesions"):
+    for key in ("metrics", "config", "missing", "conventions", "seconds", "worst_cases", "lesions", "cross_validation"):
         if summary.get(key) is not None and not isinstance(summary[key], dict):
             raise InputError(path, f"'{key}' must be a mapping")
     if not all(isinstance(entry, dict) for entry in (summary["metrics"] or {}).values()):
@@ -230,7 +230,12 @@ def locate_label_maps(data: EvalData, pred: str | Path | None = None, gt: str | 
     if not pred_path.is_dir():
         identifiers = data.case_ids
         return ({identifiers[0]: (pred_path, gt_path)} if len(identifiers) == 1 else {}), None
-    pairs, _ = pair_cases(pred_path, gt_path, on_missing="skip")
+    if isinstance(data.summary.get("cross_validation"), dict):  # the predictions are every fold's validation/ folder
+        from medseg.metrics.crossval import cross_validation_pairs
+
+        pairs = cross_validation_pairs(pred_path, gt_path, on_missing="skip")[0]
+    else:
+        pairs, _ = pair_cases(pred_path, gt_path, on_missing="skip")
     wanted = set(data.case_ids)
     return {identifier: (p, g) for identifier, p, g in pairs if identifier in wanted}, None
 

@@ -78,7 +78,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if include_phi %}<p class="phi">This report contains identifying information (input paths{% if phi_cases %}, DICOM patient/study fields{% endif %}) because it was built with --include-phi. Do not share it outside the care team.</p>{% endif %}
 {% for note in notes %}<p class="note">{{ note }}</p>
 {% endfor %}
-<nav><a href="#summary">Dataset and model</a><a href="#per-label">Per-label metrics</a><a href="#plots">Distributions</a>{% if brats %}<a href="#brats">BraTS lesion-wise</a>{% endif %}{% if lesions %}<a href="#lesions">Lesion detection</a>{% endif %}<a href="#worst">Worst cases</a><a href="#cases">Case overlays</a><a href="#methods">Methods</a></nav>
+<nav><a href="#summary">Dataset and model</a><a href="#per-label">Per-label metrics</a>{% if cross_validation %}<a href="#cross-validation">Cross-validation</a>{% endif %}<a href="#plots">Distributions</a>{% if brats %}<a href="#brats">BraTS lesion-wise</a>{% endif %}{% if lesions %}<a href="#lesions">Lesion detection</a>{% endif %}<a href="#worst">Worst cases</a><a href="#cases">Case overlays</a><a href="#methods">Methods</a></nav>
 </header>
 
 <section id="summary">
@@ -127,6 +127,18 @@ where it is absent from both, Dice and IoU count as 1 and distances are undefine
 {% endfor %}
 {% if hidden_labels %}<details><summary>{{ hidden_labels|length }} label(s) not listed (absent from every case in both maps)</summary><p>{{ hidden_labels|join(", ") }}</p></details>{% endif %}
 </section>
+
+{% if cross_validation %}<section id="cross-validation">
+<h2>Cross-validation</h2>
+<p class="explain">Each fold's held-out predictions (the final weights, no postprocessing), summarised per fold and pooled over every fold's cases. {{ cross_validation.convention }}.</p>
+<div class="scroll">
+<table id="cross-validation-table" class="data">
+<thead><tr>{% for column in cross_validation.header %}<th>{{ column }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in cross_validation.rows %}<tr>{% for cell in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+</div>
+</section>{% endif %}
 
 <section id="plots">
 <h2>Distributions per label</h2>

@@ -17,6 +17,9 @@ class TrainConfig(Section):
                                        "(nnU-Net's meaning; validation then runs on training cases and says so)")
     num_folds: int = Field(5, ge=2)
     split_seed: int = Field(12345, description="seed of the deterministic k-fold split")
+    split_group: str | None = Field(None, description="regular expression naming each case's group (its first capture group, else the "
+                                    "whole match), e.g. the patient of LIDC's <patient>_R_<nodule> with '^(.*)_R_': every group lands in "
+                                    "one fold, so the folds are patient-disjoint. None: cases are dealt one by one (the folds as before)")
     epochs: int = Field(100, ge=1)
     iterations_per_epoch: int = Field(250, ge=1)
     batch_size: int | None = Field(None, ge=1, description="None = the plan's batch size")

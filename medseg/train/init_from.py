@@ -14,8 +14,9 @@ architecture (``model.name``), or one that covers less than :data:`MIN_MATCHED_F
 parameters, is a one-line ConfigError that says what differs and which ``--set`` makes them agree.
 
 The checkpoint is found the way ``medseg infer`` finds one (:func:`medseg.infer.model.resolve_checkpoints`:
-a file; a fold folder's best, else last, checkpoint); of a run folder with several folds, ``fold_all`` (trained
-on every case) is used, else the lowest-numbered fold. ``--resume`` wins over ``init_from``: the resume
+a file; a fold folder's final weights, ``checkpoint_last.pt``, else its best; pass ``checkpoint_best.pt`` itself to
+start from the best ones); of a run folder with several folds, ``fold_all`` (trained on every case) is used, else the
+lowest-numbered fold. ``--resume`` wins over ``init_from``: the resume
 checkpoint already holds the fine-tuned weights.
 """
 
@@ -139,7 +140,7 @@ class NetworkShape:
 
 def resolve_init_checkpoint(source: str | Path) -> tuple[Path, str]:
     """The checkpoint file ``source`` names, found as ``medseg infer`` does, and why that one."""
-    from medseg.infer.model import BEST, resolve_checkpoints
+    from medseg.infer.model import LAST, resolve_checkpoints
 
     path = Path(source)
     found = resolve_checkpoints(path)  # a one-line InputError when there is none
@@ -149,7 +150,7 @@ def resolve_init_checkpoint(source: str | Path) -> tuple[Path, str]:
     numbered = sorted((candidate for candidate in found if candidate.parent.name.removeprefix("fold_").isdigit()),
                       key=lambda candidate: int(candidate.parent.name.removeprefix("fold_")))
     pick = (every_case or numbered or found)[0]
-    kind = "best validation checkpoint" if pick.name == BEST else "last checkpoint (no best one)"
+    kind = "final checkpoint" if pick.name == LAST else "best validation checkpoint (no final one)"
     why = kind if len(found) == 1 else f"{kind} of {pick.parent.name}, " + (
         "trained on every case" if every_case else "the lowest fold") + f"; {len(found) - 1} other fold(s) not used"
     return pick, why

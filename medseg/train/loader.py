@@ -15,6 +15,7 @@ workers are re-raised naming the case, instead of an opaque "worker died".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,22 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_subclass(torch.Tensor) if type(tensor) is not torch.Tensor else tensor
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread inside the block. Augmenting a small patch gains nothing from more, and in the training
+    process (where a CPU run loads) each tiny op of a 2-thread pool waited up to ~40 ms for a busy core (2 shared,
+    loaded cores: 323 ms a hippocampus batch, 58 ms on one thread). Loader workers have one already. Only the
+    thread count: :func:`medseg.runtime.threads_scope` also resets the determinism flags, ~0.1 s a call."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def label_storage_dtype(values: np.ndarray) -> torch.dtype:
     return torch.uint8 if values.size == 0 or int(values.max()) < 256 else torch.int32
 
@@ -69,28 +86,32 @@ class PatchStream(IterableDataset):
         return self._cache[case_id]
 
     def make_batch(self, index: int, pipeline) -> dict[str, torch.Tensor]:
-        """Batch number ``index`` of the run, from its own RNG."""
+        """Batch number ``index`` of the run, from its own RNG, made on one torch thread."""
         sequence = np.random.SeedSequence([self.seed, self.rank, index])
         rng = np.random.default_rng(sequence)
         if hasattr(pipeline, "set_random_state"):
             pipeline.set_random_state(seed=int(sequence.generate_state(1)[0]))
         sampling = self.sampling
-        crop_size = sampled_patch_size(sampling.augment, sampling.patch_size)
-        images, labels = [], []
-        for forced in foreground_flags(sampling.batch_size, sampling.foreground_share):
-            case_id = self.case_ids[rng.integers(len(self.case_ids))]
-            try:
-                image, seg = sample_patch(self._case(case_id), crop_size, rng, forced, sampling.slice_axis,
-                                          list(sampling.regions) if sampling.regions else None)
-                sample = pipeline({"image": torch.from_numpy(image), "label": torch.from_numpy(seg.astype(np.float32))})
-            except MedsegError:
-                raise
-            except Exception as error:
-                raise RuntimeError(f"preparing a training patch from case '{case_id}' failed: {type(error).__name__}: {error}") from error
-            images.append(plain(torch.as_tensor(sample["image"])).float())
-            labels.append(plain(torch.as_tensor(sample["label"])).round())
-        label = torch.stack(labels)
-        return {"image": torch.stack(images), "label": label.to(label_storage_dtype(label.numpy()))}
+        crop_size = sampled_patch_size(sampling.augment, sampling.patch_size, sampling.anisotropic)
+        with one_torch_thread():
+            flags = foreground_flags(sampling.batch_size, sampling.foreground_share)
+            pairs = [self._sample(rng, crop_size, forced, pipeline) for forced in flags]
+            label = torch.stack([label for _, label in pairs])
+            return {"image": torch.stack([image for image, _ in pairs]), "label": label.to(label_storage_dtype(label.numpy()))}
+
+    def _sample(self, rng: np.random.Generator, crop_size: tuple[int, ...], forced: bool, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+        """One augmented (image, label) pair from a random training case; a failure names the case."""
+        sampling = self.sampling
+        case_id = self.case_ids[rng.integers(len(self.case_ids))]
+        try:
+            image, seg = sample_patch(self._case(case_id), crop_size, rng, forced, sampling.slice_axis,
+                                      list(sampling.regions) if sampling.regions else None, final_size=sampling.patch_size)
+            sample = pipeline({"image": torch.from_numpy(image), "label": torch.from_numpy(seg.astype(np.float32))})
+        except MedsegError:
+            raise
+        except Exception as error:
+            raise RuntimeError(f"preparing a training patch from case '{case_id}' failed: {type(error).__name__}: {error}") from error
+        return plain(torch.as_tensor(sample["image"])).float(), plain(torch.as_tensor(sample["label"])).round()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()

@@ -12,6 +12,13 @@ stopped. Everything runs inside :func:`medseg.runtime.runtime_scope`, so trainin
 torch state (threads, cudnn, RNG) behind. ``train.init_from`` starts the network from another run's weights
 (:mod:`medseg.train.init_from`; ``resume`` wins over it) and ``train.freeze_encoder_epochs`` keeps the
 encoder fixed for the first epochs (:mod:`medseg.train.freeze`).
+
+``checkpoint_last.pt`` is written last of all when training ends (after the final validation, also when the time
+budget ends it, then ``summary.json``), so it holds the final weights, which `medseg infer` serves by default.
+``checkpoint_best.pt`` follows an EMA of the mean validation Dice over one fixed set of cases, the periodic
+validation's: the final validation of every held-out case enters it with those cases' scores only. The final
+validation also writes each held-out case's prediction on its raw grid into ``validation/``
+(:mod:`medseg.train.validation_outputs`), the files a cross-validation summary is computed from.
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ from medseg.train.progress import TrainingProgress
 from medseg.train.schedule import learning_rate, training_progress
 from medseg.train.splits import TRAINING_CASES, fold_cases
 from medseg.train.step import TrainStep, make_optimizer
-from medseg.train.validate import PatchDice, validate_volumes
+from medseg.train.validate import PatchDice, summarize, validate_volumes
+from medseg.train.validation_outputs import VALIDATION_FOLDER, ValidationWriter
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +112,8 @@ class Trainer:
         self.classes = list(self.targets)
         self.in_channels = self.plan.num_channels
         self.train_ids, self.val_ids, self.val_kind = fold_cases(self.cache_dir, cached_case_ids(self.cache_dir), train)
+        # the cases of every periodic validation: the one fixed set the best-checkpoint EMA follows
+        self.ema_ids = self.val_ids[: train.val_max_cases] if train.val_max_cases else list(self.val_ids)
         if self.val_kind == TRAINING_CASES:
             log.warning("fold all: training on all %d cases; validation runs on %s, so its scores say nothing about unseen data",
                         len(self.train_ids), TRAINING_CASES)
@@ -114,6 +124,8 @@ class Trainer:
         self.runtime: Runtime = resolve_runtime(str(device), train.amp, threads, local_rank=self.dist.local_rank, training=True,
                                                 deterministic=train.deterministic)
         self.model_spec = ModelSpec(name=config.model.name, in_channels=self.in_channels, out_channels=self.plan.num_outputs, configuration=self.configuration)
+        if resume and (self.run_dir / LAST).is_file():
+            self._keep_stored_layout(load_checkpoint(self.run_dir / LAST).model_spec)
         self.counters = Counters()
         self.step: TrainStep | None = None
         self.transfer: TransferReport | None = None
@@ -259,6 +271,18 @@ class Trainer:
             restore_rng_state(rng)
         log.info("resumed %s at epoch %d (iteration %d, %.1f min trained)", self.run_dir, payload.epoch, state.iteration, state.elapsed_s / 60)
 
+    def _keep_stored_layout(self, stored: ModelSpec) -> None:
+        """A run of medseg <= 0.2 (its configuration has no knobs) resumes with the network it was training: the rule's
+        knobs, applied to its config now, may give other widths (a lone ``model.base_features`` now keeps the plan's cap)."""
+        topology = stored.configuration.topology
+        if topology is not None and topology.knobs is not None:
+            return
+        unshaped = {"topology": None, "estimated_memory_gb": None}
+        if stored.model_copy(update={"configuration": stored.configuration.model_copy(update=unshaped)}) == \
+                self.model_spec.model_copy(update={"configuration": self.configuration.model_copy(update=unshaped)}):
+            self.configuration = stored.configuration
+            self.model_spec = stored
+
     def _same_network(self, payload: CheckpointPayload) -> bool:
         """Whether the checkpoint holds this run's network: the same spec, or (a checkpoint of medseg <= 0.2, whose
         configuration has no knobs) the same spec apart from the topology, and the same layout once rebuilt."""
@@ -319,7 +343,8 @@ class Trainer:
                 distributed.shutdown(self.dist)
 
     def _validate(self, final: bool) -> dict[str, Any]:
-        ids = self.val_ids if final or not self.config.train.val_max_cases else self.val_ids[: self.config.train.val_max_cases]
+        """Every validation case at the end (each written to ``validation/`` when held out), else the fixed EMA cases."""
+        ids = self.val_ids if final else self.ema_ids
         cases = (load_case_arrays(self.cache_dir, case_id) for case_id in ids)
         assert self.step is not None
         order = self.plan.regions_class_order or []
@@ -327,8 +352,20 @@ class Trainer:
         # Full volumes are predicted at the precision `medseg infer` will use for this run (its infer.amp, which the run
         # config carries; fp32 on a CPU by default, where training may run in bf16), so the reported Dice is the users'.
         inference = dataclasses.replace(self.runtime, autocast_dtype=resolve_amp(self.config.infer.amp, self.runtime.device))
+        writer = None
+        if final and self.val_kind != TRAINING_CASES and ids:
+            writer = ValidationWriter(self.cache_dir, self.run_dir / VALIDATION_FOLDER, ids, order if self.regions else None, self.runtime.device)
         return validate_volumes(self.step.network, cases, self.targets, self.window_spec(), inference, self.plan.num_outputs,
-                                kind=self.val_kind, to_labels=to_labels, ignore_label=self.plan.preprocessing.ignore_label)
+                                kind=self.val_kind, to_labels=to_labels, ignore_label=self.plan.preprocessing.ignore_label,
+                                on_probabilities=writer)
+
+    def _ema_validation(self, validation: dict[str, Any]) -> dict[str, Any]:
+        """``validation`` over the fixed EMA cases only, so every point of the EMA is a mean over the same cases."""
+        per_case = validation["per_case"]
+        if list(per_case) == self.ema_ids:
+            return validation
+        kept = {case_id: per_case[case_id] for case_id in self.ema_ids if case_id in per_case}
+        return summarize(kept, self.targets, f"{validation['kind']}, its {len(kept)} periodic validation case(s)")
 
     def _start_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -425,14 +462,16 @@ class Trainer:
         validation = None
         if counters.epoch % train.val_every == 0 or last:
             validation = self._validate(final=last)
-            mean = validation["mean_dice"]
+            tracked = self._ema_validation(validation)
+            mean = tracked["mean_dice"]
             counters.ema = mean if counters.ema is None or math.isnan(counters.ema) else train.ema_alpha * counters.ema + (1 - train.ema_alpha) * mean
             row.update({f"val_dice_{self.names[k]}": v for k, v in validation["dice"].items()})
-            row.update({"val_mean_dice": mean, "val_ema_dice": counters.ema, "val_cases": len(validation["per_case"]), "val_kind": validation["kind"]})
+            row.update({"val_mean_dice": validation["mean_dice"], "val_ema_cases_mean_dice": mean, "val_ema_dice": counters.ema,
+                        "val_cases": len(validation["per_case"]), "val_kind": validation["kind"]})
             progress.note(f"epoch {counters.epoch}: val Dice ({validation['kind']}) " + ", ".join(f"{self.names[k]} {v:.3f}" for k, v in validation["dice"].items()))
             if counters.ema > counters.best_ema:
                 counters.best_ema = counters.ema
-                save_checkpoint(self.run_dir / BEST, self._payload(validation, rng=None))  # inference-only: no optimizer state
+                save_checkpoint(self.run_dir / BEST, self._payload(tracked, rng=None))  # inference-only: no optimizer state
         row["val_s"] = time.perf_counter() - start
         counters.elapsed_s += row["val_s"]
         return validation
@@ -444,7 +483,8 @@ class Trainer:
         write_json(self.run_dir / "summary.json", {
             "fold": self.config.train.fold, "configuration": self.configuration.name, "epochs": counters.epoch, "iterations": counters.iteration,
             "minutes": counters.elapsed_s / 60, "stopped_by_time": stopped_by_time, "best_ema_dice": counters.best_ema,
-            "validation": self.val_kind, "validation_cases": len(self.val_ids),
+            "best_ema_cases": len(self.ema_ids), "validation": self.val_kind, "validation_cases": len(self.val_ids),
+            "validation_predictions": VALIDATION_FOLDER if (self.run_dir / VALIDATION_FOLDER).is_dir() and self.val_kind != TRAINING_CASES else None,
             "final_validation": None if validation is None else {self.names[k]: v for k, v in validation["dice"].items()},
             "scored": "regions" if self.regions else "classes",
             "final_mean_dice": None if validation is None else validation["mean_dice"],

@@ -7,7 +7,9 @@ the exact predictor `medseg infer` uses.
 * :func:`validate_volumes` runs :func:`medseg.infer.predictor.predict_probabilities` (Gaussian
   blending of probabilities) over whole preprocessed cases, so the Dice a run reports is the Dice
   that `medseg infer` gives on the same grid. The trainer runs it on a bounded number of cases
-  every ``val_every`` epochs and on every validation case at the end.
+  every ``val_every`` epochs and on every validation case at the end; ``on_probabilities`` hands each
+  case's blended probabilities on (the final validation writes them back onto the raw grid,
+  :mod:`medseg.train.validation_outputs`).
 """
 
 from __future__ import annotations
@@ -99,8 +101,11 @@ class PatchDice:
 def predict_case_labels(network: torch.nn.Module, image: np.ndarray, spec: WindowSpec, runtime: Runtime, num_outputs: int,
                         to_labels: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Label map of one preprocessed case with the inference predictor (probabilities blended, then argmax)."""
-    target = runtime.device
-    probabilities = predict_probabilities([network], image, spec, runtime, target, num_outputs)
+    probabilities = predict_probabilities([network], image, spec, runtime, runtime.device, num_outputs)
+    return _label_map(probabilities, to_labels)
+
+
+def _label_map(probabilities: torch.Tensor, to_labels: Callable[[torch.Tensor], torch.Tensor] | None) -> np.ndarray:
     labels = (to_labels or (lambda p: p.argmax(0)))(probabilities).to(torch.int32).cpu().numpy()
     return labels.astype(label_dtype(int(labels.max()) if labels.size else 0))
 
@@ -116,17 +121,23 @@ def validate_volumes(
     kind: str = "held-out fold",  # the trainer passes what fold_cases says: 'held-out fold K' or 'training cases (fold all)' 
     to_labels: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ignore_label: int | None = None,
+    on_probabilities: Callable[[str, torch.Tensor], None] | None = None,
 ) -> dict[str, object]:
     """Mean Dice per class (or region) over whole ``cases`` (NaN-aware), plus the per-case scores.
 
     ``to_labels`` turns the blended probabilities into a label map (default argmax; region models
     paint by ``regions_class_order``), so regions are scored on the label map users get.
+    ``on_probabilities(case_id, probabilities)`` receives each case's probabilities on the preprocessed grid.
     """
     was_training = network.training
     network.eval()
     per_case = {}
     for case in cases:
-        prediction = predict_case_labels(network, case.image, spec, runtime, num_outputs, to_labels)
+        probabilities = predict_probabilities([network], case.image, spec, runtime, runtime.device, num_outputs)
+        if on_probabilities is not None:
+            on_probabilities(case.case_id, probabilities)
+        prediction = _label_map(probabilities, to_labels)
+        del probabilities
         per_case[case.case_id] = dice_per_class(prediction, np.asarray(case.seg), classes, ignore_label)
     network.train(was_training)
     return summarize(per_case, classes, kind)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -204,3 +206,115 @@ def test_missing_parent_folders_of_the_destination_are_made(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="is a file, not a folder"):
         import_dataset(src, tmp_path / "file" / "brats", plain_spec())
+
+
+# --- parallel folders (image/X.nii.gz + nodule_mask/X.nii.gz) ------------------------------------
+def parallel_folders(root: Path, names=("p1_R_1", "p1_R_2", "p2_R_1"), slices=(2, 3, 5), channels=("image",)) -> Path:
+    """LIDC-like parallel folders: thin CT crops (int16 HU) and int16 {0,1} masks with the same names."""
+    for index, name in enumerate(names):
+        image, _ = phantom((20, 18, slices[index % len(slices)]), "CT", seed=index, organ=False, tumor=False)
+        label = np.zeros(image.shape, np.uint8)
+        label[7:12, 6:10 + index, :] = 1  # a nodule on every slice: every LIDC mask is non-empty
+        image[label > 0] = 30
+        affine = np.diag([-0.7, -0.7, 2.5, 1.0])  # LPS, as most LIDC crops
+        for channel in channels:
+            save_nifti(image.astype(np.int16), affine, root / channel / f"{name}.nii.gz")
+        save_nifti((label > 0).astype(np.int16), affine, root / "nodule_mask" / f"{name}.nii.gz")
+    return root
+
+
+def test_parallel_folders_link_matching_names_into_the_nnunet_layout(tmp_path):
+    src = parallel_folders(tmp_path / "lidc")
+    report = import_dataset(src, tmp_path / "out", resolve_spec(images=["CT=image"], labels="nodule_mask", label_names=["1=nodule"]))
+    dest = tmp_path / "out"
+    assert report.cases == ["p1_R_1", "p1_R_2", "p2_R_1"] and (report.linked, report.converted) == (6, 0)
+    image = dest / "imagesTr" / "p1_R_2_0000.nii.gz"
+    assert image.is_symlink() and image.resolve() == (src / "image" / "p1_R_2.nii.gz").resolve()
+    assert (dest / "labelsTr" / "p1_R_2.nii.gz").resolve() == (src / "nodule_mask" / "p1_R_2.nii.gz").resolve()
+    data = json.loads((dest / "dataset.json").read_text())
+    assert data["channel_names"] == {"0": "CT"} and data["labels"] == {"background": 0, "nodule": 1} and data["numTraining"] == 3
+    assert data["medseg_import"]["layout"] == "paired" and data["medseg_import"]["images"] == {"CT": "image"}
+    assert "channels" not in data["medseg_import"], "case-folder patterns would make `medseg infer` look for case folders"
+    description = load_dataset(dest)
+    assert [case.case_id for case in description.cases] == report.cases and not description.channel_patterns
+    assert description.modalities == ["CT"]
+
+
+def test_parallel_folders_preset_and_several_channels(tmp_path):
+    src = parallel_folders(tmp_path / "lidc")
+    spec = resolve_spec(preset="lidc")
+    assert (spec.layout, spec.channels, spec.label, spec.label_names, spec.regions) == (
+        "paired", [("CT", "image")], "nodule_mask", {0: "background", 1: "nodule"}, {})
+    import_dataset(src, tmp_path / "out", spec)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["labels"] == {"background": 0, "nodule": 1}
+    two = parallel_folders(tmp_path / "mr", channels=("t2", "adc"))
+    report = import_dataset(two, tmp_path / "two", resolve_spec(images=["T2=t2", f"ADC={two / 'adc'}"], labels="nodule_mask"))
+    assert sorted(p.name for p in (tmp_path / "two" / "imagesTr").iterdir())[:2] == ["p1_R_1_0000.nii.gz", "p1_R_1_0001.nii.gz"]
+    assert (tmp_path / "two" / "imagesTr" / "p2_R_1_0001.nii.gz").resolve() == (two / "adc" / "p2_R_1.nii.gz").resolve()
+    assert report.dataset_json["labels"] == {"background": 0, "label_1": 1}  # values found, no names given
+
+
+def test_names_in_only_one_folder_are_refused_in_one_line(tmp_path):
+    src = parallel_folders(tmp_path / "lidc")
+    (src / "image" / "p2_R_1.nii.gz").rename(src / "image" / "p9_R_1.nii.gz")
+    (src / "image" / "notes.txt").write_text("not an image")  # unreadable suffixes are not cases
+    with pytest.raises(InputError) as caught:
+        import_dataset(src, tmp_path / "out", resolve_spec(preset="lidc"))
+    message = str(caught.value)
+    assert "\n" not in message and "1 missing from image/ (p2_R_1)" in message and "1 missing from nodule_mask/ (p9_R_1)" in message
+    assert not (tmp_path / "out").exists()
+    # an image without a label is a test case when allowed; a label without an image never is
+    with pytest.raises(InputError) as caught:
+        import_dataset(src, tmp_path / "out", resolve_spec(preset="lidc", allow_unlabelled=True))
+    assert "1 missing from image/ (p2_R_1)" in str(caught.value) and "nodule_mask/" not in str(caught.value)
+    (src / "nodule_mask" / "p2_R_1.nii.gz").unlink()
+    report = import_dataset(src, tmp_path / "out", resolve_spec(preset="lidc", allow_unlabelled=True))
+    assert report.test_cases == ["p9_R_1"] and (tmp_path / "out" / "imagesTs" / "p9_R_1_0000.nii.gz").is_symlink()
+
+
+@pytest.mark.parametrize("problem", ["shape", "grid", "duplicate", "no_folder"])
+def test_parallel_folders_geometry_and_layout_refusals(tmp_path, problem):
+    src = parallel_folders(tmp_path / "lidc")
+    mask = src / "nodule_mask" / "p1_R_2.nii.gz"
+    affine = np.diag([-0.7, -0.7, 2.5, 1.0])
+    if problem == "shape":
+        save_nifti(np.zeros((20, 18, 2), np.int16), affine, mask)
+        expected = "shape (20, 18, 2) differs"
+    elif problem == "grid":
+        affine[2, 3] = 2.5  # one slice off
+        save_nifti(np.zeros((20, 18, 3), np.int16), affine, mask)
+        expected = "grid differs"
+    elif problem == "duplicate":
+        save_nifti(np.zeros((20, 18, 3), np.float32), affine, src / "image" / "p1_R_2.nii")
+        expected = "same case name"
+    else:
+        shutil.rmtree(src / "nodule_mask")
+        expected = "is not a folder (--labels"
+    with pytest.raises(InputError, match=re.escape(expected)):
+        import_dataset(src, tmp_path / "out", resolve_spec(preset="lidc"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_parallel_folder_options_are_checked():
+    with pytest.raises(ConfigError, match="expected NAME=DIR, e.g. --images CT=image"):
+        resolve_spec(images=["image"], labels="nodule_mask")
+    with pytest.raises(ConfigError, match="needs --labels"):
+        resolve_spec(images=["CT=image"])
+    with pytest.raises(ConfigError, match="needs --images"):
+        resolve_spec(labels="nodule_mask")
+    with pytest.raises(ConfigError, match="--channel, --label name files inside case folders"):
+        resolve_spec(images=["CT=image"], labels="nodule_mask", channels=["CT=*img*"], label="*seg*")
+    with pytest.raises(ConfigError, match="--mask"):
+        resolve_spec(preset="lidc", mask="*brain*")
+    assert resolve_spec(preset="lidc", mask="none").mask is None
+    assert resolve_spec(preset="lidc", images=["CT=crops"]).channels == [("CT", "crops")]  # options override the preset
+
+
+def test_real_lidc_parallel_folders_import(tmp_path, shared_file):
+    src = shared_file("lidc_nodules")
+    report = import_dataset(src, tmp_path / "lidc", resolve_spec(preset="lidc"), workers=2)
+    assert len(report.cases) == 647 and (report.linked, report.converted) == (1294, 0)
+    assert report.dataset_json["labels"] == {"background": 0, "nodule": 1}
+    case = report.cases[0]
+    written = nib.load(str(tmp_path / "lidc" / "imagesTr" / f"{case}_0000.nii.gz"))
+    assert np.array_equal(written.affine, nib.load(str(src / "image" / f"{case}.nii.gz")).affine)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medseg.data.sampling import CaseArrays, crop_with_padding, foreground_flags, sample_patch
+from medseg.data.sampling import CaseArrays, crop_with_padding, foreground_flags, sample_patch, start_bounds
 
 
 def _case(rng, shape=(20, 24, 16)):
@@ -69,3 +69,63 @@ def test_wrong_patch_rank_is_refused(rng):
 @pytest.mark.parametrize("batch,share,expected", [(2, 1 / 3, [False, True]), (6, 1 / 3, [False] * 4 + [True] * 2), (4, 0.0, [False] * 4)])
 def test_foreground_flags(batch, share, expected):
     assert foreground_flags(batch, share) == expected
+
+
+def _final_window(crop: np.ndarray, final: tuple[int, ...]) -> np.ndarray:
+    """The window augmentation keeps when it does not rotate or scale: the centre of the sampled crop (MONAI's centre crop)."""
+    starts = [(size - want) // 2 for size, want in zip(crop.shape[1:], final)]
+    return crop[(slice(None), *(slice(s, s + w) for s, w in zip(starts, final)))]
+
+
+def _coordinate_case(shape):
+    """A case whose one channel holds each voxel's flat index + 1 (0 is padding), so a patch tells where it came from."""
+    image = (np.arange(np.prod(shape)) + 1).reshape(1, *shape).astype(np.float32)
+    seg = np.zeros(shape, np.uint8)
+    return CaseArrays("coords", image, seg, {})
+
+
+def test_final_window_moves_and_covers_every_voxel_of_a_case_smaller_than_the_crop():
+    """Hippocampus-like: z (44) lies between the final patch (40) and the crop (64). The window must move and reach both z-edges.
+
+    With bounds computed on the crop alone the window start was one fixed value and z 0, 1, 42, 43 were never seen.
+    """
+    rng = np.random.default_rng(0)
+    shape, final, crop = (30, 44, 44), (32, 40, 40), (58, 68, 68)  # crop: nnU-Net's initial patch for (32, 40, 40)
+    case = _coordinate_case(shape)
+    seen = np.zeros(int(np.prod(shape)) + 1, bool)
+    z_starts = set()
+    for _ in range(300):
+        image, _ = sample_patch(case, crop, rng, final_size=final)
+        window = _final_window(image, final)[0].astype(int)
+        seen[window.ravel()] = True
+        inside = window[window > 0]
+        z_starts.add(int(((inside - 1) % shape[2]).min()))
+    assert len(z_starts) >= 3, f"the final window's z start took only {sorted(z_starts)}"
+    assert seen[1:].all(), f"{(~seen[1:]).sum()} voxels never inside the final window"
+
+
+def test_start_bounds_are_nnunets():
+    # Case larger than the final patch: the final window starts anywhere in [0, shape - final] (odd overhang: one more at the low side).
+    lower, upper = start_bounds((50,), (73,), (40,))
+    assert (lower[0] + (73 - 40) // 2, upper[0] + (73 - 40) // 2) == (-1, 10)
+    # Case smaller than the final patch: centred, whatever the crop (an odd remainder allows one voxel of play).
+    lower, upper = start_bounds((30,), (73,), (40,))
+    assert (lower[0] + 16, upper[0] + 16) == (-6, -5)
+    # No margin: the old rule.
+    assert [int(v[0]) for v in start_bounds((50,), (40,))] == [0, 10]
+
+
+@pytest.mark.parametrize("corner", [0, 29])
+def test_forced_foreground_voxel_stays_in_the_final_window_at_both_edges(corner):
+    """nnU-Net centres the crop on the voxel and limits it at the low side only; clamping both sides (the old rule) then
+    centre-cropping pushed a voxel at an edge out of the final window."""
+    rng = np.random.default_rng(1)
+    shape, final, crop = (30, 30, 30), (16, 16, 16), (20, 20, 20)
+    seg = np.zeros(shape, np.uint8)
+    seg[corner, corner, corner] = 1
+    case = CaseArrays("edge", np.zeros((1, *shape), np.float32), seg, {1: np.argwhere(seg == 1)})
+    _, patch = sample_patch(case, crop, rng, force_foreground=True, final_size=final)
+    window = _final_window(patch, final)[0]
+    assert window.sum() == 1
+    where = tuple(int(i) for i in np.argwhere(window)[0])
+    assert where == ((0, 0, 0) if corner == 0 else (8, 8, 8))  # low edge: window starts at 0; high edge: centred, overhanging

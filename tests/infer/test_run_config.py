@@ -161,3 +161,125 @@ def test_infer_killed_mid_archive_resumes_without_redoing_cases(trained, tmp_pat
     assert summary["skipped_existing"] == done_before and sorted(summary["written"]) == sorted(set(names) - set(done_before))
     assert sorted(p.stem for p in out.glob("scan_*.json")) == names
     assert not [p.name for p in out.rglob(".*tmp*")], "no temporary files left"
+
+
+# --- which weights a run folder serves (final by default, best one flag away) --------------------------------------
+
+def _used_checkpoints(out: Path, case: str) -> list[str]:
+    return [entry["file"] for entry in json.loads((out / f"{case}.json").read_text())["model"]["checkpoints"]]
+
+
+def test_run_folder_serves_the_final_weights_unless_best_is_asked(trained, tmp_path, capsys):
+    """`medseg infer RUN` loads checkpoint_last.pt (the weights training ended with); --checkpoint best and
+    infer.checkpoint=best load checkpoint_best.pt, and the settings written beside the masks say which."""
+    import yaml
+
+    from medseg.infer import InferConfig
+    from medseg.infer.model import load_model
+
+    run = trained["run"]
+    final = load_model(run)
+    assert [info.path.name for info in final.checkpoints] == ["checkpoint_last.pt"]
+    for name, value in load_checkpoint(run / "checkpoint_last.pt").model.items():
+        torch.testing.assert_close(final.networks[0].state_dict()[name], value, rtol=0, atol=0)
+    assert [info.path.name for info in load_model(run, "best").checkpoints] == ["checkpoint_best.pt"]
+    assert Segmenter(run, InferConfig(threads=1)).model.checkpoints[0].path.name == "checkpoint_last.pt"
+    assert Segmenter(run, InferConfig(threads=1, checkpoint="best")).model.checkpoints[0].path.name == "checkpoint_best.pt"
+
+    image = trained["dataset"] / "imagesTs" / "case_004.nii.gz"
+    runs = {"default": [], "flag": ["--checkpoint", "best"], "set": ["--set", "infer.checkpoint=best"]}
+    for name, extra in runs.items():
+        result = _cli("infer", str(run), str(image), "-o", str(tmp_path / name), "--set", "infer.threads=1", *extra, capsys=capsys)
+        assert result.returncode == 0, result.stderr
+    assert _used_checkpoints(tmp_path / "default", "case_004") == ["checkpoint_last.pt"]
+    assert _used_checkpoints(tmp_path / "flag", "case_004") == _used_checkpoints(tmp_path / "set", "case_004") == ["checkpoint_best.pt"]
+    assert yaml.safe_load((tmp_path / "flag" / "config.yaml").read_text())["infer"]["checkpoint"] == "best"
+    assert yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())["infer"]["checkpoint"] == "final"
+    result = _cli("infer", str(run), str(image), "-o", str(tmp_path / "bad"), "--checkpoint", "latest", capsys=capsys)
+    assert result.returncode == 2 and "checkpoint" in result.stderr
+
+
+def test_old_killed_and_partial_run_folders(trained, tmp_path, caplog):
+    """A run folder of an older medseg (best + last + summary.json) serves its last checkpoint without a word; one that
+    did not finish (no summary.json for that iteration) says so; a folder with one of the two files falls back to it."""
+    from medseg.infer.model import load_model, resolve_checkpoints
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt", "summary.json"):
+        shutil.copy(trained["run"] / name, old / name)
+    with caplog.at_level("WARNING", logger="medseg.infer.model"):
+        assert [info.path.name for info in load_model(old).checkpoints] == ["checkpoint_last.pt"]
+    assert not caplog.records
+    (old / "summary.json").unlink()  # killed before it ended: checkpoint_last.pt is its last save, not its final weights
+    with caplog.at_level("WARNING", logger="medseg.infer.model"):
+        load_model(old)
+    assert "has not finished" in caplog.text and "last save, epoch 2" in caplog.text
+    caplog.clear()
+    (old / "checkpoint_last.pt").unlink()
+    with caplog.at_level("WARNING", logger="medseg.infer.model"):
+        assert resolve_checkpoints(old) == [old / "checkpoint_best.pt"]
+    assert "no checkpoint_last.pt (the final weights); using checkpoint_best.pt" in caplog.text
+
+
+def test_cross_validation_run_folder_is_an_ensemble_of_every_folds_final_weights(trained, tmp_path, capsys):
+    """`medseg train --fold 0,1` writes RUN/fold_0, RUN/fold_1 (each best + last + summary.json + validation/):
+    `medseg infer RUN` averages both folds' final networks."""
+    from medseg.infer.model import load_model
+
+    run = tmp_path / "cv"
+    for fold in (0, 1):
+        folder = run / f"fold_{fold}"
+        shutil.copytree(trained["run"], folder, ignore=shutil.ignore_patterns("tensorboard"))
+        payload = load_checkpoint(folder / "checkpoint_last.pt")
+        generator = torch.Generator().manual_seed(fold)
+        weights = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v for k, v in payload.model.items()}
+        save_checkpoint(folder / "checkpoint_last.pt", payload.model_copy(update={"model": weights, "fold": fold}))
+    ensemble = load_model(run)
+    assert ensemble.folds == [0, 1] and [info.path for info in ensemble.checkpoints] == [run / "fold_0" / "checkpoint_last.pt",
+                                                                                           run / "fold_1" / "checkpoint_last.pt"]
+    image = trained["dataset"] / "imagesTs" / "case_005.nii.gz"
+    result = _cli("infer", str(run), str(image), "-o", str(tmp_path / "out"), "--set", "infer.threads=1", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    sidecar = json.loads((tmp_path / "out" / "case_005.json").read_text())["model"]
+    assert sidecar["folds"] == [0, 1] and [entry["file"] for entry in sidecar["checkpoints"]] == ["checkpoint_last.pt"] * 2
+
+
+def test_final_validation_writes_held_out_predictions_as_infer_would(trained, tmp_path, capsys):
+    """The end of training writes RUN/validation/<case>.nii.gz for every held-out case, on the case's raw grid (the synthetic
+    cases have mixed orientations and spacings), equal to `medseg infer` of the final checkpoint on the raw image."""
+    import nibabel as nib
+    import numpy as np
+
+    run = trained["run"]
+    held_out = load_checkpoint(run / "checkpoint_last.pt").val_cases
+    assert held_out and sorted(path.name for path in (run / "validation").iterdir()) == sorted(f"{case}.nii.gz" for case in held_out)
+    assert json.loads((run / "summary.json").read_text())["validation_predictions"] == "validation"
+    images = trained["dataset"] / "imagesTr"
+    result = _cli("infer", str(run), *[str(images / f"{case}.nii.gz") for case in held_out[:1]], "-o", str(tmp_path / "out"),
+                  "--set", "infer.threads=1", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    case = held_out[0]
+    written, raw, inferred = (nib.load(str(path)) for path in (run / "validation" / f"{case}.nii.gz", images / f"{case}.nii.gz",
+                                                                tmp_path / "out" / f"{case}.nii.gz"))
+    assert written.shape == raw.shape and np.allclose(written.affine, raw.affine, atol=1e-5)
+    agreement = float(np.mean(np.asarray(written.dataobj) == np.asarray(inferred.dataobj)))
+    assert agreement > 0.9999, agreement
+    assert np.asarray(written.dataobj).max() > 0, "the tiny model finds some foreground"
+
+
+def test_export_takes_the_same_weights_as_infer(trained, tmp_path):
+    """`medseg export onnx RUN` exports the final weights, `--checkpoint best` the best ones, as `medseg infer` chooses them."""
+    pytest.importorskip("onnxruntime", reason="the optional onnx extra is not installed (pip install medseg[onnx])")
+    from medseg.export.onnx import export_onnx
+    from medseg.export.onnx_runtime import load_onnx_model
+    from medseg.infer.model import load_model
+
+    run = trained["run"]
+    identities = {}
+    for choice in ("final", "best"):
+        arguments = {} if choice == "final" else {"checkpoint": choice}
+        [exported] = export_onnx(run, tmp_path / f"{choice}.onnx", threads=1, **arguments)
+        identities[choice] = load_onnx_model(exported.path).model_id()["id"]
+        assert identities[choice] == load_model(run, choice).model_id()["id"]
+    assert identities["final"] != identities["best"]

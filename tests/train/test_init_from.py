@@ -79,14 +79,14 @@ def test_matching_weights_load_exactly(tiny_cache, source_run, tmp_path):
 def test_new_output_heads_when_the_class_count_changes(two_class_cache, source_run, tmp_path):
     scratch = _initialised(two_class_cache, tmp_path / "scratch").step.network.state_dict()
     trainer = _initialised(two_class_cache, tmp_path / "ft", f"train.init_from={source_run}")
-    state, source = trainer.step.network.state_dict(), load_checkpoint(source_run / "checkpoint_best.pt").model
+    state, source = trainer.step.network.state_dict(), load_checkpoint(source_run / "checkpoint_last.pt").model
     heads = output_head_names(ModelConfig(**trainer.config.model.model_dump()), trainer.model_spec)
     assert heads and all(name.startswith(("output_block.", "deep_supervision_heads.", "skip_layers.")) for name in heads)
     for name, value in state.items():
         expected = scratch[name] if name in heads else source[name]  # heads: the seeded fresh init; the rest: the source
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
     report = trainer.transfer
-    assert report.chosen == "best validation checkpoint" and report.checkpoint.endswith("checkpoint_best.pt")
+    assert report.chosen == "final checkpoint" and report.checkpoint.endswith("checkpoint_last.pt"), "a run folder gives its final weights"
     assert report.output_heads.outputs == 2 and report.output_heads.names == ["background", "organ"]
     assert "new output heads for 2 classes (background, organ): the checkpoint's are for 3 (background, liver, tumor)" in report.headline()
     assert all(mismatch.checkpoint_shape[0] == 3 and mismatch.network_shape[0] == 2 for mismatch in report.output_heads.tensors)
@@ -117,7 +117,7 @@ def test_another_architecture_is_a_one_line_config_error(tiny_cache, source_run,
     with pytest.raises(ConfigError) as caught:
         trainer.fit()
     message = str(caught.value)
-    assert message.startswith(f"{source_run / 'checkpoint_best.pt'}: --init-from: the checkpoint holds a dynunet network but this run builds unet")
+    assert message.startswith(f"{source_run / 'checkpoint_last.pt'}: --init-from: the checkpoint holds a dynunet network but this run builds unet")
     assert "--set model.name=dynunet --set model.base_features=4 --set model.max_features=16" in message and "\n" not in message
 
 
@@ -157,17 +157,18 @@ def test_stage_differences_name_the_patch_and_spacing(source_run):
 
 def test_run_folder_resolution(tmp_path):
     run = tmp_path / "runs" / "Synthetic" / "3d_lowres"
-    for fold, names in {"fold_1": ["checkpoint_best.pt", "checkpoint_last.pt"], "fold_0": ["checkpoint_last.pt"]}.items():
+    for fold, names in {"fold_1": ["checkpoint_best.pt", "checkpoint_last.pt"], "fold_0": ["checkpoint_best.pt"]}.items():
         for name in names:
             (run / fold).mkdir(parents=True, exist_ok=True)
             (run / fold / name).write_bytes(b"")
     path, why = resolve_init_checkpoint(run)
-    assert path == run / "fold_0" / "checkpoint_last.pt" and why.startswith("last checkpoint (no best one) of fold_0, the lowest fold")
+    assert path == run / "fold_0" / "checkpoint_best.pt" and why.startswith("best validation checkpoint (no final one) of fold_0, the lowest fold")
     (run / "fold_all").mkdir()
-    (run / "fold_all" / "checkpoint_best.pt").write_bytes(b"")
+    (run / "fold_all" / "checkpoint_last.pt").write_bytes(b"")
     path, why = resolve_init_checkpoint(run)
-    assert path == run / "fold_all" / "checkpoint_best.pt" and "trained on every case; 2 other fold(s) not used" in why
-    assert resolve_init_checkpoint(run / "fold_1") == (run / "fold_1" / "checkpoint_best.pt", "best validation checkpoint")
+    assert path == run / "fold_all" / "checkpoint_last.pt" and "trained on every case; 2 other fold(s) not used" in why
+    assert resolve_init_checkpoint(run / "fold_1") == (run / "fold_1" / "checkpoint_last.pt", "final checkpoint")
+    assert resolve_init_checkpoint(run / "fold_1" / "checkpoint_best.pt") == (run / "fold_1" / "checkpoint_best.pt", "the checkpoint file given")
     with pytest.raises(InputError, match="pass one of those"):  # runs/<dataset> holds configuration folders: say which
         resolve_init_checkpoint(run.parent)
     with pytest.raises(InputError, match="does not exist"):
@@ -277,7 +278,7 @@ def test_freeze_then_unfreeze_exactly_at_epoch_n_also_after_resume(tiny_cache, s
              "train.freeze_encoder_epochs=2", f"train.init_from={source_run}"]  # SGD, momentum 0.99, weight decay 3e-5
     reference = _Recording(tiny_config(*extra), tiny_cache, tmp_path / "reference", progress=False)
     reference.fit()
-    start = load_checkpoint(source_run / "checkpoint_best.pt").model
+    start = load_checkpoint(source_run / "checkpoint_last.pt").model
     assert [(epoch, frozen) for epoch, frozen, _, _ in reference.record] == [(1, True), (2, True), (3, False), (4, False)]
     for epoch, frozen, encoder, untouched in reference.record:
         same = all(torch.equal(value, start[name]) for name, value in encoder.items())
@@ -329,7 +330,7 @@ def test_cli_init_from_end_to_end(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads((tmp_path / "tuned" / "fold_0" / "summary.json").read_text())
     report = summary["init_from"]
-    assert report["checkpoint"] == str(tmp_path / "source" / "fold_0" / "checkpoint_best.pt")
+    assert report["checkpoint"] == str(tmp_path / "source" / "fold_0" / "checkpoint_last.pt")
     assert report["loaded_fraction"] == 1.0 and report["output_heads"] is None and report["summary"].startswith("init from ")
     assert json.loads((tmp_path / "tuned" / "fold_0" / "init_from.json").read_text()) == report
     saved = (tmp_path / "tuned" / "fold_0" / "config.yaml").read_text()
@@ -384,7 +385,7 @@ def _ddp_freeze_run(cache: Path, source_run: Path, tmp_path: Path, processes: in
                             env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
                                  "OMP_NUM_THREADS": "1", **(env or {})})
     assert result.returncode == 0, result.stderr[-3000:]
-    start = load_checkpoint(source_run / "checkpoint_best.pt").model
+    start = load_checkpoint(source_run / "checkpoint_last.pt").model
     after = [load_checkpoint(run / f"epoch_{epoch}.pt").model for epoch in (1, 2)]
     encoder = [name for name in start if name.startswith(("input_block.", "downsamples.", "bottleneck."))]
     assert all(torch.equal(after[0][name], start[name]) for name in encoder), "epoch 1: encoder frozen on every rank"
@@ -411,7 +412,7 @@ def test_init_from_and_freeze_on_cuda_compiled(tiny_cache, source_run, tmp_path)
     trainer.fit()
     assert trainer.transfer.loaded_fraction == 1.0 and trainer.runtime.cuda
     assert isinstance(trainer.step.model, torch._dynamo.eval_frame.OptimizedModule), "compiled throughout: no eager fallback"
-    start = load_checkpoint(source_run / "checkpoint_best.pt").model
+    start = load_checkpoint(source_run / "checkpoint_last.pt").model
     (_, frozen, encoder, untouched), (_, later, trained, _) = trainer.record
     assert frozen and untouched and all(torch.equal(value.cpu(), start[name]) for name, value in encoder.items())
     assert not later and not all(torch.equal(value.cpu(), start[name]) for name, value in trained.items())

@@ -49,3 +49,17 @@ def test_same_batches_for_any_worker_count_and_after_resume():
 def test_worker_count_follows_the_cores():
     assert default_workers(torch.device("cpu"), 2) == 0 and default_workers(torch.device("cpu"), 16) == 4
     assert default_workers(torch.device("cuda"), 16) == 12 and default_workers(torch.device("cuda"), 2) == 1
+
+
+def test_stream_windows_reach_every_voxel_with_the_augmentation_margin():
+    """The loader crops nnU-Net's larger initial patch but places it so the final window covers the whole case, z-edges included."""
+    shape = (16, 16, 20)  # x, y: exactly the patch; z: 4 more
+    image = (np.arange(np.prod(shape)) + 1).reshape(1, *shape).astype(np.float32)  # each voxel's flat index + 1
+    case = CaseArrays("coords", image, np.zeros(shape, np.uint8), {})
+    quiet = AugmentConfig(rotation_prob=1e-9, scale_prob=0, mirror_prob=0, noise_prob=0, blur_prob=0, brightness_prob=0,
+                          contrast_prob=0, lowres_prob=0, gamma_prob=0, inverted_gamma_prob=0)  # margin on, nothing else
+    stream = PatchStream(lambda _: case, ["coords"], PatchSampling((16, 16, 16), 4, 0.0, quiet), seed=0, start=0, total=50)
+    seen = np.zeros(int(np.prod(shape)) + 1, bool)
+    for batch in stream:
+        seen[batch["image"].round().long().numpy().ravel()] = True
+    assert seen[1:].all(), f"{int((~seen[1:]).sum())} of {int(np.prod(shape))} voxels never reached the network"

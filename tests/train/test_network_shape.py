@@ -58,3 +58,26 @@ def test_a_run_of_the_old_checkpoint_format_resumes(tiny_cache, tmp_path):
     old = load_checkpoint(tmp_path / "old_last.pt")
     for name, value in old.model.items():  # the old weights were loaded (then trained on): same names and shapes
         assert resumed.step.network.state_dict()[name].shape == value.shape, name
+
+
+def test_an_old_run_with_one_width_knob_resumes_with_the_network_it_was_training(tiny_cache, tmp_path):
+    """medseg <= 0.2 capped a lone ``model.base_features`` at nnU-Net's 320; the rule now keeps the plan's cap (128 on a
+    CPU plan). A run started then resumes with its own widths, not the ones its config would give today."""
+    run = tmp_path / "run"
+    old_widths = ["model.base_features=64", "model.max_features=320"]  # what the old code built for base_features=64 alone
+    Trainer(tiny_config(CPU, *old_widths, "train.epochs=1", "train.iterations_per_epoch=2"), tiny_cache, run, progress=False).fit()
+    raw = torch.load(run / LAST, map_location="cpu", weights_only=True)
+    raw["format_version"], raw["plan"]["plan_version"] = 2, 2
+    raw["model_spec"]["configuration"] = _flat(raw["model_spec"]["configuration"], overridden=False)
+    raw["plan"]["configurations"] = {name: _flat(value, False) for name, value in raw["plan"]["configurations"].items()}
+    raw["config"]["model"]["max_features"] = None  # the old config named only base_features
+    torch.save(raw, run / LAST)
+    trained_widths = raw["model_spec"]["configuration"]["features_per_stage"]
+    assert max(trained_widths) > 128, "the cap must bind for this test to mean anything"
+
+    today = Trainer(tiny_config(CPU, "model.base_features=64", "model.max_features=null"), tiny_cache, tmp_path / "new", progress=False)
+    assert today.configuration.features_per_stage != trained_widths  # a new run with that config gets the plan's cap
+    resumed = Trainer(tiny_config(CPU, "model.base_features=64", "model.max_features=null", "train.epochs=2", "train.iterations_per_epoch=2"),
+                      tiny_cache, run, resume=True, progress=False)
+    resumed.fit()
+    assert resumed.counters.epoch == 2 and list(resumed.step.network.filters) == trained_widths

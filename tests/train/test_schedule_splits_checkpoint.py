@@ -88,3 +88,35 @@ def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     torch.save({"format_version": 1, "model": Evil()}, pickled)
     with pytest.raises(InputError):
         load_checkpoint(pickled)
+
+
+def test_best_checkpoint_ema_follows_one_fixed_case_set(tiny_cache, tmp_path, monkeypatch):
+    """The EMA behind checkpoint_best.pt is over the periodic validation's cases only: the final validation of every
+    held-out case is logged in full (val_mean_dice) but enters the EMA with those cases' scores, so a higher mean over
+    a larger case set cannot pass for progress."""
+    from medseg.train.progress import TrainingProgress
+    from medseg.train.trainer import Trainer
+    from medseg.train.validate import summarize
+    from tests.train.conftest import tiny_config
+
+    trainer = Trainer(tiny_config("train.val_max_cases=1", "train.val_every=1"), tiny_cache, tmp_path / "run", progress=False)
+    assert len(trainer.val_ids) == 2 and trainer.ema_ids == trainer.val_ids[:1]
+    scores = {trainer.val_ids[0]: 0.2, trainer.val_ids[1]: 1.0}  # the periodic case scores 0.2, the other one 1.0
+
+    def validate(final: bool) -> dict:
+        ids = trainer.val_ids if final else trainer.val_ids[:1]
+        return summarize({case: {key: scores[case] for key in trainer.targets} for case in ids}, trainer.targets, trainer.val_kind)
+
+    monkeypatch.setattr(trainer, "_validate", validate)
+    (tmp_path / "run").mkdir()
+    rows: list[dict] = []
+    with trainer.session, TrainingProgress(enabled=False, total=2) as progress:
+        for epoch, last in ((1, False), (2, True)):
+            trainer.counters.epoch = epoch
+            rows.append({})
+            trainer._after_epoch(rows[-1], last, None, progress)
+    assert rows[1]["val_mean_dice"] == pytest.approx(0.6) and rows[1]["val_cases"] == 2, "the final validation is recorded in full"
+    assert rows[1]["val_ema_cases_mean_dice"] == pytest.approx(0.2) and rows[1]["val_ema_dice"] == pytest.approx(0.2)
+    best = load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")
+    assert best.epoch == 1 and best.validation.mean_dice == pytest.approx(0.2)
+    assert trainer.counters.best_ema == pytest.approx(0.2)
